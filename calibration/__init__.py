@@ -1,0 +1,1 @@
+"""Activation statistics of a source ANN, and the thresholds chosen from them."""

@@ -1,0 +1,167 @@
+"""Run the source ANN on calibration inputs and gather the statistics of every site.
+
+Default inputs are data-free: the noisy images x_t that the ANN itself visits along DDIM
+trajectories started from Gaussian noise, so every part of the diffusion schedule the sampler
+uses is covered. Optionally x_t = q(x_t | x_0) from real images at timesteps spread uniformly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from torch import nn
+from tqdm.auto import tqdm
+
+from calibration.record import CalibrationError, CalibrationRecord, SiteStats
+from calibration.sites import activation_sites
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """How many inputs the statistics come from; all of it is saved in the record."""
+
+    num_samples: int = 8
+    steps: int = 10
+    seed: int = 0
+    batch_size: int = 8
+    values_per_channel: int = 64
+    quantiles: int = 257
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "steps", "batch_size", "values_per_channel"):
+            if getattr(self, name) < 1:
+                raise CalibrationError(f"calibration {name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
+        if self.quantiles < 2:
+            raise CalibrationError(f"calibration quantiles must be >= 2, got {self.quantiles}")
+
+
+class _SiteCollector:
+    """Forward hook on a site's GroupNorm: subsamples z per channel, averages group stats."""
+
+    def __init__(self, norm: nn.GroupNorm, values_per_channel: int, generator: torch.Generator) -> None:
+        self.groups = norm.num_groups
+        self.values_per_channel = values_per_channel
+        self.generator = generator
+        self.samples: list[torch.Tensor] = []
+        self.z_min: torch.Tensor | None = None
+        self.z_max: torch.Tensor | None = None
+        self.group_mean_sum: torch.Tensor | None = None
+        self.group_var_sum: torch.Tensor | None = None
+        self.images = 0
+
+    def __call__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], z: torch.Tensor) -> None:
+        h = inputs[0].detach().float()
+        z = z.detach().float()
+        channels = z.shape[1]
+        flat = z.transpose(0, 1).reshape(channels, -1)
+        picks = torch.randint(flat.shape[1], (self.values_per_channel,), generator=self.generator)
+        self.samples.append(flat[:, picks.to(flat.device)].cpu())
+        lo, hi = flat.min(dim=1).values.cpu(), flat.max(dim=1).values.cpu()
+        self.z_min = lo if self.z_min is None else torch.minimum(self.z_min, lo)
+        self.z_max = hi if self.z_max is None else torch.maximum(self.z_max, hi)
+        grouped = h.reshape(h.shape[0], self.groups, -1)
+        mean, var = grouped.mean(dim=2).sum(dim=0).cpu(), grouped.var(dim=2, unbiased=False).sum(dim=0).cpu()
+        self.group_mean_sum = mean if self.group_mean_sum is None else self.group_mean_sum + mean
+        self.group_var_sum = var if self.group_var_sum is None else self.group_var_sum + var
+        self.images += h.shape[0]
+
+    def finish(self, quantiles: int) -> SiteStats:
+        values = torch.cat(self.samples, dim=1)
+        levels = torch.linspace(0.0, 1.0, quantiles)
+        sketch = torch.quantile(values, levels, dim=1).T.contiguous()
+        sketch[:, 0], sketch[:, -1] = self.z_min, self.z_max
+        return SiteStats(
+            z_quantiles=sketch,
+            group_mean=self.group_mean_sum / self.images,
+            group_var=self.group_var_sum / self.images,
+        )
+
+
+def _run_with_collectors(unet: UNet2DModel, settings: CalibrationSettings, feed) -> tuple[dict[str, SiteStats], list[int]]:
+    """Attach collectors to every site, let `feed(unet)` run the ANN, return the sketches."""
+    generator = torch.Generator().manual_seed(settings.seed + 1)
+    sites = activation_sites(unet)
+    collectors = {name: _SiteCollector(norm, settings.values_per_channel, generator) for name, norm in sites.items()}
+    handles = [sites[name].register_forward_hook(c) for name, c in collectors.items()]
+    try:
+        visited = feed(unet)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: c.finish(settings.quantiles) for name, c in collectors.items()}, visited
+
+
+@torch.no_grad()
+def calibrate_data_free(
+    unet: UNet2DModel,
+    scheduler_config: dict,
+    settings: CalibrationSettings,
+    source_fingerprint: str,
+    device: str | torch.device = "cpu",
+) -> CalibrationRecord:
+    """Statistics along the ANN's own DDIM (eta 0) trajectories from seeded Gaussian noise."""
+    scheduler = DDIMScheduler.from_config(scheduler_config)
+    scheduler.set_timesteps(settings.steps)
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    noise = torch.randn((settings.num_samples, *shape), generator=torch.Generator().manual_seed(settings.seed))
+
+    def feed(model: UNet2DModel) -> list[int]:
+        batches = noise.split(settings.batch_size)
+        progress = tqdm(total=len(batches) * len(scheduler.timesteps), desc="calibrating (ANN DDIM)", unit="eval")
+        for batch in batches:
+            x = batch.to(device)
+            for t in scheduler.timesteps:
+                eps = model(x, t).sample
+                x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+                progress.update()
+        progress.close()
+        return [int(t) for t in scheduler.timesteps]
+
+    sites, visited = _run_with_collectors(unet, settings, feed)
+    meta = {
+        "source_fingerprint": source_fingerprint,
+        "inputs": "data-free: x_t along the ANN's DDIM (eta 0) trajectories from Gaussian noise",
+        "diffusion_timesteps": visited,
+        "activation": unet.config.act_fn,
+        **settings.__dict__,
+    }
+    return CalibrationRecord(sites=sites, meta=meta)
+
+
+@torch.no_grad()
+def calibrate_from_data(
+    unet: UNet2DModel,
+    scheduler_config: dict,
+    images: torch.Tensor,
+    settings: CalibrationSettings,
+    source_fingerprint: str,
+    device: str | torch.device = "cpu",
+) -> CalibrationRecord:
+    """Statistics on x_t ~ q(x_t | x_0) for real images x_0 in [-1, 1], `settings.steps` timesteps each."""
+    schedule = DDPMScheduler.from_config(scheduler_config)
+    generator = torch.Generator().manual_seed(settings.seed)
+    timesteps = torch.linspace(0, schedule.config.num_train_timesteps - 1, settings.steps).round().long()
+
+    def feed(model: UNet2DModel) -> list[int]:
+        batches = images[: settings.num_samples].split(settings.batch_size)
+        progress = tqdm(total=len(batches) * len(timesteps), desc="calibrating (ANN on data)", unit="eval")
+        for batch in batches:
+            for t in timesteps:
+                noise = torch.randn(batch.shape, generator=generator)
+                x_t = schedule.add_noise(batch, noise, t.expand(batch.shape[0]))
+                model(x_t.to(device), t.to(device))
+                progress.update()
+        progress.close()
+        return [int(t) for t in timesteps]
+
+    sites, visited = _run_with_collectors(unet, settings, feed)
+    meta = {
+        "source_fingerprint": source_fingerprint,
+        "inputs": "data: x_t ~ q(x_t | x_0) from real images",
+        "diffusion_timesteps": visited,
+        "activation": unet.config.act_fn,
+        **settings.__dict__,
+    }
+    return CalibrationRecord(sites=sites, meta=meta)

@@ -1,0 +1,86 @@
+"""The calibration record: per-site activation statistics, saved so sweeps never re-run the ANN.
+
+For every site we keep the distribution of the normalised pre-activation z = GroupNorm(h) per
+channel as a quantile sketch (Q equally weighted points, exact min and max at the ends), plus
+the average per-group GroupNorm statistics of h. Any threshold method (max, percentile,
+MSE-optimal for a T-step neuron) and the bias correction are computed from the sketch alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from sdm_errors import SdmError
+
+RECORD_TENSORS = "calibration.safetensors"
+RECORD_META = "calibration.json"
+
+
+class CalibrationError(SdmError):
+    """A calibration record is missing, corrupt or belongs to another model."""
+
+
+@dataclass
+class SiteStats:
+    """Statistics of one site: z quantile sketch [C, Q] and GroupNorm group stats [G]."""
+
+    z_quantiles: torch.Tensor
+    group_mean: torch.Tensor
+    group_var: torch.Tensor
+
+    @property
+    def channels(self) -> int:
+        return self.z_quantiles.shape[0]
+
+
+@dataclass
+class CalibrationRecord:
+    """All sites of one source model, with how the statistics were gathered."""
+
+    sites: dict[str, SiteStats]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def check_source(self, fingerprint: str) -> None:
+        """Refuse a record gathered on a different model than the one being converted."""
+        recorded = self.meta.get("source_fingerprint")
+        if recorded != fingerprint:
+            raise CalibrationError(
+                f"calibration record is from another model (fingerprint {recorded}, model has {fingerprint})"
+            )
+
+    def save(self, folder: Path) -> None:
+        tensors: dict[str, torch.Tensor] = {}
+        for name, stats in self.sites.items():
+            tensors[f"{name}/z_quantiles"] = stats.z_quantiles.contiguous()
+            tensors[f"{name}/group_mean"] = stats.group_mean.contiguous()
+            tensors[f"{name}/group_var"] = stats.group_var.contiguous()
+        save_file(tensors, str(folder / RECORD_TENSORS))
+        meta = {**self.meta, "sites": list(self.sites)}
+        (folder / RECORD_META).write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> "CalibrationRecord":
+        meta_file, tensor_file = folder / RECORD_META, folder / RECORD_TENSORS
+        if not meta_file.is_file() or not tensor_file.is_file():
+            raise CalibrationError(f"no calibration record in {folder} (expected {RECORD_META} and {RECORD_TENSORS})")
+        try:
+            meta = json.loads(meta_file.read_text())
+            tensors = load_file(str(tensor_file))
+            sites = {
+                name: SiteStats(
+                    z_quantiles=tensors[f"{name}/z_quantiles"],
+                    group_mean=tensors[f"{name}/group_mean"],
+                    group_var=tensors[f"{name}/group_var"],
+                )
+                for name in meta.pop("sites")
+            }
+        except (OSError, ValueError, KeyError, SafetensorError) as exc:
+            raise CalibrationError(f"corrupt calibration record in {folder}: {exc}") from None
+        return cls(sites=sites, meta=meta)

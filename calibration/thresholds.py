@@ -1,0 +1,97 @@
+"""Thresholds for each site's neurons, chosen from the calibration record.
+
+A T-step soft-reset IF neuron whose membrane starts at f * theta emits, for a steady input y,
+n = clip(floor(y T / theta + f), 0, T) spikes: its output theta * n / T is a T-level quantiser
+of y clipped at theta. Methods:
+- max: theta = largest value seen (no clipping error, coarsest steps);
+- percentile: theta = the p-th percentile (clips the rare tail);
+- mse: theta minimising the expected squared error between the ANN activation and what the
+  T-step neuron can emit, searched on a grid of candidates (the optimum depends on T).
+Signed neurons quantise the negative part with their own threshold the same way. With bias
+correction the remaining mean error per channel is returned as a constant current.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.models.activations import get_activation
+
+from calibration.record import CalibrationRecord, SiteStats
+
+MIN_THRESHOLD = 1e-4
+MSE_CANDIDATES = 16
+MSE_ROUNDS = 3
+
+
+@dataclass
+class SiteThresholds:
+    """Per-channel positive and negative thresholds and the bias-correction current."""
+
+    pos: torch.Tensor
+    neg: torch.Tensor
+    shift: torch.Tensor
+
+
+def neuron_quantise(y: torch.Tensor, theta: torch.Tensor, timesteps: int, membrane_init: float) -> torch.Tensor:
+    """What a T-step IF neuron emits (time-averaged) for a steady non-negative input y."""
+    theta = theta.clamp_min(MIN_THRESHOLD)
+    count = torch.floor(y * timesteps / theta + membrane_init).clamp(0, timesteps)
+    return count * theta / timesteps
+
+
+def _pick(values: torch.Tensor, method: str, percentile: float, timesteps: int, membrane_init: float, target: torch.Tensor) -> torch.Tensor:
+    """Threshold per row of `values` ([R, N] non-negative samples) by `method`."""
+    top = values.max(dim=1).values
+    if method == "max":
+        return top.clamp_min(MIN_THRESHOLD)
+    if method == "percentile":
+        return torch.quantile(values, percentile / 100.0, dim=1).clamp_min(MIN_THRESHOLD)
+    low, high = torch.zeros_like(top), top.clamp_min(MIN_THRESHOLD)
+    for _ in range(MSE_ROUNDS):  # coarse-to-fine grid search, each round zooms on the best cell
+        fractions = torch.linspace(0.0, 1.0, MSE_CANDIDATES + 2)[1:-1]
+        candidates = (low[:, None] + (high - low)[:, None] * fractions[None, :]).clamp_min(MIN_THRESHOLD)
+        emitted = neuron_quantise(values[:, None, :], candidates[:, :, None], timesteps, membrane_init)
+        error = (emitted - target[:, None, :]).pow(2).mean(dim=2)  # [R, K]
+        best = candidates.gather(1, error.argmin(dim=1, keepdim=True)).squeeze(1)
+        step = (high - low) / (MSE_CANDIDATES + 1)
+        low, high = (best - step).clamp_min(0), best + step
+    return best
+
+
+def site_thresholds(
+    stats: SiteStats,
+    activation: str,
+    timesteps: int,
+    method: str = "mse",
+    percentile: float = 99.9,
+    granularity: str = "channel",
+    signed: bool = True,
+    membrane_init: float = 0.5,
+    bias_correction: bool = True,
+) -> SiteThresholds:
+    """Thresholds for one site; `signed=False` means plain IF neurons acting as a ReLU proxy."""
+    z = stats.z_quantiles.float()
+    target = get_activation(activation)(z)  # what the ANN emits at each sketch point
+    channels = z.shape[0]
+    driven = target if signed else z  # a plain IF neuron integrates z and rectifies it itself
+    pos_values, neg_values = driven.clamp_min(0), (-driven).clamp_min(0)
+    if granularity == "layer":
+        pos_values, neg_values = pos_values.reshape(1, -1), neg_values.reshape(1, -1)
+    pos_target = target.clamp_min(0).reshape(pos_values.shape)
+    neg_target = (-target).clamp_min(0).reshape(neg_values.shape)
+    pos = _pick(pos_values, method, percentile, timesteps, membrane_init, pos_target if signed else target.reshape(pos_values.shape))
+    neg = _pick(neg_values, method, percentile, timesteps, membrane_init, neg_target) if signed else torch.ones_like(pos)
+    pos, neg = pos.expand(channels).clone(), neg.expand(channels).clone()
+    emitted = neuron_quantise(driven.clamp_min(0), pos[:, None], timesteps, membrane_init)
+    if signed:
+        emitted = emitted - neuron_quantise((-driven).clamp_min(0), neg[:, None], timesteps, membrane_init)
+    shift = (target - emitted).mean(dim=1) if bias_correction else torch.zeros(channels)
+    return SiteThresholds(pos=pos, neg=neg, shift=shift)
+
+
+def record_thresholds(record: CalibrationRecord, timesteps: int, **options) -> dict[str, SiteThresholds]:
+    """Thresholds for every site of a record (options as in `site_thresholds`)."""
+    activation = record.meta.get("activation", "silu")
+    return {name: site_thresholds(stats, activation, timesteps, **options) for name, stats in record.sites.items()}

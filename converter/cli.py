@@ -1,0 +1,202 @@
+"""`sdm-convert`: checkpoint -> calibration record -> spiking UNet folder -> fidelity summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from calibration.collect import CalibrationSettings, calibrate_data_free
+from calibration.record import CalibrationRecord
+from converter.convert import convert
+from converter.export import atomic_folder, save_converted
+from converter.operations import operations_report
+from converter.policy import (
+    ATTENTION_MODES,
+    GRANULARITIES,
+    NEGATIVE_LOBES,
+    NORM_MODES,
+    THRESHOLD_METHODS,
+    ConversionPolicy,
+)
+from eval.images import psnr, save_grid_rows, to_uint8
+from eval.sampling import SAMPLERS, as_eps_function, initial_noise, run_sampler
+from pretrained.loading import load_source_model
+from pretrained.zoo import DEFAULT_MODEL
+from sdm_errors import SdmError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sdm-convert",
+        description="Convert a pretrained diffusion UNet into a spiking UNet and measure it against the source.",
+    )
+    parser.add_argument("--checkpoint", default=DEFAULT_MODEL,
+                        help="source model: an embedded model name, a diffusers folder, a .safetensors file with a "
+                             f"JSON config beside it, or an own-layout DDPM ckpt.pt (default: {DEFAULT_MODEL})")
+    parser.add_argument("--timesteps", "-T", type=int, default=4, help="SNN time steps per UNet evaluation (default 4)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/<model>-T<T>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of calibration and evaluation noise (default 0)")
+
+    calib = parser.add_argument_group("calibration")
+    calib.add_argument("--record", type=Path, default=None,
+                       help="reuse the calibration record in this folder instead of running the ANN again")
+    calib.add_argument("--calib-samples", type=int, default=8, help="DDIM trajectories of the ANN (default 8)")
+    calib.add_argument("--calib-steps", type=int, default=10, help="DDIM steps per trajectory (default 10)")
+    calib.add_argument("--calib-batch-size", type=int, default=8, help="batch size of calibration (default 8)")
+
+    thresholds = parser.add_argument_group("thresholds")
+    thresholds.add_argument("--threshold-method", choices=THRESHOLD_METHODS, default="mse",
+                            help="max, percentile, or mse (optimal clip for a T-step neuron; default)")
+    thresholds.add_argument("--percentile", type=float, default=99.9, help="percentile for --threshold-method percentile")
+    thresholds.add_argument("--granularity", choices=GRANULARITIES, default="channel",
+                            help="one threshold per channel (default) or per layer")
+    thresholds.add_argument("--no-bias-correction", action="store_true",
+                            help="do not add back the mean quantisation error as a constant current")
+    thresholds.add_argument("--threshold-scale", type=float, default=1.0,
+                            help="threshold guidance: global factor on all thresholds at sampling time (default 1.0)")
+
+    neurons = parser.add_argument_group("neurons")
+    neurons.add_argument("--negative-lobe", choices=NEGATIVE_LOBES, default="signed",
+                         help="signed: +1/-1 spikes follow SiLU exactly (default); relu: plain IF, ReLU proxy")
+    neurons.add_argument("--norm", choices=NORM_MODES, default="running",
+                         help="GroupNorm on the running mean of the input (default) or frozen from calibration")
+    neurons.add_argument("--attention", choices=ATTENTION_MODES, default="running",
+                         help="softmax attention on the running mean (default) or on each time step")
+    neurons.add_argument("--membrane-init", type=float, default=0.5,
+                         help="initial membrane potential as a fraction of the threshold (default 0.5)")
+
+    evaluation = parser.add_argument_group("fidelity check")
+    evaluation.add_argument("--eval-samples", type=int, default=8,
+                            help="images sampled by ANN and SNN from the same noise (0 skips; default 8)")
+    evaluation.add_argument("--eval-steps", type=int, default=20, help="sampler steps (default 20)")
+    evaluation.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="diffusers sampler (default ddim, eta 0)")
+    return parser
+
+
+def policy_from_args(args: argparse.Namespace) -> ConversionPolicy:
+    return ConversionPolicy(
+        timesteps=args.timesteps,
+        negative_lobe=args.negative_lobe,
+        norm=args.norm,
+        attention=args.attention,
+        membrane_init=args.membrane_init,
+        threshold_method=args.threshold_method,
+        percentile=args.percentile,
+        granularity=args.granularity,
+        bias_correction=not args.no_bias_correction,
+        threshold_scale=args.threshold_scale,
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """A torch device that exists here, or a one-line error."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SdmError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise SdmError(f"device {name} does not exist here (CUDA available: {torch.cuda.is_available()})")
+    if device.type not in ("cpu", "cuda"):
+        raise SdmError(f"unsupported device {name!r} (use cpu or cuda)")
+    return device
+
+
+def run(args: argparse.Namespace) -> dict:
+    policy = policy_from_args(args)
+    device = resolve_device(args.device)
+    if args.eval_samples < 0:
+        raise SdmError(f"--eval-samples must be >= 0, got {args.eval_samples}")
+    source = load_source_model(args.checkpoint)
+    out = args.out or Path("runs") / f"{Path(str(args.checkpoint)).name}-T{policy.timesteps}"
+    fingerprint = source.describe()["fingerprint"]
+    print(f"source: {source.origin} ({source.format}, weights: {source.weights})", file=sys.stderr)
+    source.unet.to(device)
+
+    started = time.perf_counter()
+    if args.record is not None:
+        record = CalibrationRecord.load(args.record)
+        record.check_source(fingerprint)
+    else:
+        settings = CalibrationSettings(num_samples=args.calib_samples, steps=args.calib_steps, seed=args.seed,
+                                       batch_size=args.calib_batch_size)
+        record = calibrate_data_free(source.unet, source.scheduler_config, settings, fingerprint, device)
+    calibrated = time.perf_counter()
+    snn = convert(source, record, policy).to(device)
+    converted = time.perf_counter()
+
+    summary = {
+        "source": source.describe(),
+        "policy": policy.to_dict(),
+        "time_seconds": {"calibration": round(calibrated - started, 2), "conversion": round(converted - calibrated, 2)},
+    }
+    with atomic_folder(out, overwrite=args.overwrite) as staging:
+        save_converted(snn, record, staging)
+        (staging / "operations.json").write_text(json.dumps(operations_report(snn), indent=2))
+        if args.eval_samples > 0:
+            summary["fidelity"] = fidelity_check(source, snn, args, staging, device)
+        (staging / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary["out"] = str(out)
+    return summary
+
+
+def fidelity_check(source, snn, args: argparse.Namespace, folder: Path, device: torch.device) -> dict:
+    """ANN and SNN sample from the same noises; PSNR of the pair, eps error, a grid to look at."""
+    shape = (source.unet.config.in_channels, source.unet.config.sample_size, source.unet.config.sample_size)
+    noise = initial_noise(args.eval_samples, shape, args.seed)
+    common = dict(sampler=args.sampler, scheduler_config=source.scheduler_config, steps=args.eval_steps,
+                  seed=args.seed, batch_size=args.eval_samples, device=device)
+    ann = as_eps_function(source.unet)
+    ann_run = run_sampler(ann, noise, desc="ANN sampling", **common)
+    snn.set_monitor(True)
+    snn_run = run_sampler(as_eps_function(snn), noise, reference=ann, desc="SNN sampling", **common)
+    neurons = snn.neurons().values()
+    spike_rate = sum(n.spike_count for n in neurons) / max(sum(n.neuron_steps for n in neurons), 1)
+    snn.set_monitor(False)
+    ann_images, snn_images = to_uint8(ann_run.samples), to_uint8(snn_run.samples)
+    save_grid_rows([ann_images, snn_images], folder / "grid.png", labels=["ANN", f"SNN T={snn.timesteps}"])
+    scores = psnr(ann_images, snn_images)
+    return {
+        "num_samples": args.eval_samples,
+        "sampler": args.sampler,
+        "steps": args.eval_steps,
+        "psnr_db": float(np.mean(np.minimum(scores, 100.0))),
+        "eps_rel_l2": float(np.mean(snn_run.eps_rel_l2)),
+        "eps_cosine": float(np.mean(snn_run.eps_cosine)),
+        "spike_rate": spike_rate,
+        "seconds_per_unet_eval": {
+            "ann": ann_run.unet_seconds / ann_run.unet_calls,
+            "snn": snn_run.unet_seconds / snn_run.unet_calls,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = run(args)
+    except SdmError as exc:
+        print(f"sdm-convert: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {summary['out']}")
+    fidelity = summary.get("fidelity")
+    if fidelity:
+        times = fidelity["seconds_per_unet_eval"]
+        print(
+            f"fidelity (T={summary['policy']['timesteps']}, {fidelity['num_samples']} samples, {fidelity['sampler']} "
+            f"{fidelity['steps']} steps): PSNR SNN vs ANN {fidelity['psnr_db']:.2f} dB, eps rel. L2 "
+            f"{fidelity['eps_rel_l2']:.4f}, spike rate {fidelity['spike_rate']:.3f}, "
+            f"SNN/ANN time per eval {times['snn'] / times['ann']:.1f}x"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

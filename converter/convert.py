@@ -1,0 +1,38 @@
+"""The conversion lifecycle: source ANN + calibration record + policy -> spiking UNet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from calibration.record import CalibrationRecord
+from calibration.thresholds import record_thresholds
+from converter.model import SpikingUNet2DModel
+from converter.policy import ConversionPolicy
+from pretrained.loading import SourceModel
+
+
+def convert(source: SourceModel, record: CalibrationRecord, policy: ConversionPolicy) -> SpikingUNet2DModel:
+    """Build the spiking UNet of `source` with thresholds chosen from `record` by `policy`."""
+    description = source.describe()
+    record.check_source(description["fingerprint"])
+    provenance: dict[str, Any] = {
+        "source": description,
+        "scheduler_config": source.scheduler_config,
+        "calibration": {k: v for k, v in record.meta.items() if k != "diffusion_timesteps"},
+    }
+    snn = SpikingUNet2DModel.from_ann(source.unet, policy, provenance)
+    snn.set_thresholds(
+        record_thresholds(
+            record,
+            policy.timesteps,
+            method=policy.threshold_method,
+            percentile=policy.percentile,
+            granularity=policy.granularity,
+            signed=policy.negative_lobe == "signed",
+            membrane_init=policy.membrane_init,
+            bias_correction=policy.bias_correction,
+        )
+    )
+    if policy.norm == "frozen":
+        snn.set_frozen_norm_stats({name: (s.group_mean, s.group_var) for name, s in record.sites.items()})
+    return snn

@@ -1,0 +1,78 @@
+"""Converted-model folders: written atomically, read back with validation.
+
+A folder holds `config.json` + `diffusion_pytorch_model.safetensors` (diffusers' own format,
+thresholds included), the calibration record, and whatever reports the caller adds. It is
+assembled in a temporary sibling folder and renamed into place, so an error never leaves a
+half-written output behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from calibration.record import CalibrationRecord
+from converter.model import SpikingUNet2DModel
+from sdm_errors import SdmError
+
+
+class ConvertedModelError(SdmError):
+    """A folder is not a converted spiking model, or cannot be written."""
+
+
+@contextmanager
+def atomic_folder(target: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that becomes `target` only if the block finishes."""
+    target = Path(target)
+    if target.exists() and not overwrite and any(target.iterdir()):
+        raise ConvertedModelError(f"output folder exists and is not empty: {target} (pass --overwrite)")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:
+        raise ConvertedModelError(f"cannot write output folder {target}: {exc.strerror or exc}") from None
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def save_converted(snn: SpikingUNet2DModel, record: CalibrationRecord | None, folder: Path) -> None:
+    """Write the model (config + safetensors) and its calibration record into `folder`."""
+    snn.save_pretrained(str(folder), safe_serialization=True)
+    if record is not None:
+        record.save(folder)
+
+
+def load_converted(folder: str | Path, device: str = "cpu") -> SpikingUNet2DModel:
+    """Rebuild a converted model from its folder alone; refuse anything else by name."""
+    folder = Path(folder)
+    config_file = folder / "config.json"
+    if not folder.is_dir() or not config_file.is_file():
+        raise ConvertedModelError(f"not a converted model folder: {folder} (no config.json)")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConvertedModelError(f"unreadable config in {folder}: {exc}") from None
+    if config.get("_class_name") != SpikingUNet2DModel.__name__:
+        raise ConvertedModelError(f"not a converted model folder: {folder} (config describes {config.get('_class_name')!r})")
+    if not (folder / "diffusion_pytorch_model.safetensors").is_file():
+        raise ConvertedModelError(f"converted model folder {folder} has no diffusion_pytorch_model.safetensors")
+    try:
+        model = SpikingUNet2DModel.from_pretrained(str(folder), low_cpu_mem_usage=False)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ConvertedModelError(f"cannot load converted model from {folder}: {str(exc).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+def load_record_beside(folder: str | Path) -> CalibrationRecord:
+    """The calibration record saved with a converted model (for sweeps that re-threshold it)."""
+    return CalibrationRecord.load(Path(folder))

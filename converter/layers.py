@@ -1,0 +1,131 @@
+"""Spiking replacements for the parts of a diffusers UNet that are not linear.
+
+Tensors inside the converted UNet carry the SNN time steps folded into the batch, t-major:
+[T*B, C, H, W]. Linear layers (convolutions, up/down sampling) run once on all T*B inputs;
+only the neurons step through t. Because the UNet is linear between its sites, the time average
+of every current equals what the ANN computes on the time-averaged spikes.
+
+Expectation compensation: a nonlinear map g (GroupNorm + SiLU at a site, softmax attention) is
+evaluated on the running mean m_t of its input, and the increment t*g(m_t) - (t-1)*g(m_(t-1))
+is passed on. After T steps the accumulated output is exactly T*g(mean input), so the
+nonlinearity sees the same average the ANN would, not one noisy time step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from converter.neurons import SignedIFNode
+
+
+def _time_index(timesteps: int, like: torch.Tensor) -> torch.Tensor:
+    """1, 2, ..., T shaped to broadcast over a [T, B, ...] sequence."""
+    return torch.arange(1, timesteps + 1, device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def expectation_increments(fn, x: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """Per-step increments of t * fn(running mean of x) for x of shape [T*B, ...]."""
+    seq = x.unflatten(0, (timesteps, -1))
+    t = _time_index(timesteps, seq)
+    running = seq.cumsum(dim=0) / t
+    accumulated = fn(running.flatten(0, 1)).unflatten(0, (timesteps, -1)) * t
+    previous = torch.cat([torch.zeros_like(accumulated[:1]), accumulated[:-1]])
+    return (accumulated - previous).flatten(0, 1)
+
+
+class FrozenGroupNorm(nn.Module):
+    """GroupNorm with per-group statistics fixed from calibration: an affine map per channel."""
+
+    def __init__(self, norm: nn.GroupNorm) -> None:
+        super().__init__()
+        self.num_groups, self.eps = norm.num_groups, norm.eps
+        self.weight, self.bias = norm.weight, norm.bias
+        self.register_buffer("group_mean", torch.zeros(norm.num_groups))
+        self.register_buffer("group_var", torch.ones(norm.num_groups))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        per_channel = h.shape[1] // self.num_groups
+        mean = self.group_mean.repeat_interleave(per_channel).view(1, -1, *([1] * (h.dim() - 2)))
+        std = (self.group_var + self.eps).sqrt().repeat_interleave(per_channel).view_as(mean)
+        scale = self.weight.view_as(mean) if self.weight is not None else 1.0
+        shift = self.bias.view_as(mean) if self.bias is not None else 0.0
+        return (h - mean) / std * scale + shift
+
+
+class SpikingActivation(nn.Module):
+    """A site of the ANN (GroupNorm then activation) as dendrite + spiking neuron.
+
+    The dendrite turns the input current into the neuron's drive: for signed neurons, the
+    increments of t * clip(act(norm(m_t))); for the ReLU proxy, the increments of t * norm(m_t),
+    which a plain IF neuron rectifies. TSM multiplies the drive at step t by a learnable p[t].
+    """
+
+    def __init__(self, site: str, norm: nn.GroupNorm, activation: nn.Module, timesteps: int, policy_signed: bool,
+                 frozen_norm: bool, membrane_init: float) -> None:
+        super().__init__()
+        self.site = site
+        self.timesteps = timesteps
+        self.norm = FrozenGroupNorm(norm) if frozen_norm else norm
+        self.activation = activation
+        self.neuron = SignedIFNode(norm.num_channels, signed=policy_signed, membrane_init=membrane_init)
+        self.register_buffer("output_shift", torch.zeros(norm.num_channels))
+        self.tsm: nn.Parameter | None = None
+
+    def drive(self, running: torch.Tensor) -> torch.Tensor:
+        """The neuron's target for a running-mean input (before the per-step difference)."""
+        z = self.norm(running)
+        if not self.neuron.signed:
+            return z
+        shape = (1, -1) + (1,) * (z.dim() - 2)
+        scale = self.neuron.threshold_scale
+        high = self.neuron.threshold_pos.view(shape) * scale
+        low = -self.neuron.threshold_neg.view(shape) * scale
+        return torch.maximum(torch.minimum(self.activation(z), high), low)
+
+    def forward(self, current: torch.Tensor) -> torch.Tensor:
+        drive = expectation_increments(self.drive, current, self.timesteps).unflatten(0, (self.timesteps, -1))
+        if self.tsm is not None:
+            drive = drive * self.tsm.view(-1, *([1] * (drive.dim() - 1)))
+        spikes = self.neuron(drive).flatten(0, 1)
+        return spikes + self.output_shift.view(1, -1, *([1] * (spikes.dim() - 2)))
+
+
+class SpikingResnetBlock2D(nn.Module):
+    """diffusers ResnetBlock2D with both GroupNorm+SiLU sites spiking; convs then add spikes."""
+
+    def __init__(self, block: nn.Module, site1: SpikingActivation, site2: SpikingActivation) -> None:
+        super().__init__()
+        self.site1, self.site2 = site1, site2
+        self.conv1, self.conv2 = block.conv1, block.conv2
+        self.time_emb_proj = block.time_emb_proj
+        self.temb_activation = block.nonlinearity
+        self.skip_time_act = block.skip_time_act
+        self.dropout = block.dropout
+        self.conv_shortcut = block.conv_shortcut
+        self.output_scale_factor = block.output_scale_factor
+
+    def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
+        hidden = self.conv1(self.site1(input_tensor))
+        if self.time_emb_proj is not None and temb is not None:
+            # Constant over SNN time: an analog bias current computed once per UNet call.
+            emb = temb if self.skip_time_act else self.temb_activation(temb)
+            hidden = hidden + self.time_emb_proj(emb)[:, :, None, None]
+        hidden = self.conv2(self.dropout(self.site2(hidden)))
+        shortcut = self.conv_shortcut(input_tensor) if self.conv_shortcut is not None else input_tensor
+        return (shortcut + hidden) / self.output_scale_factor
+
+
+class SpikingAttention(nn.Module):
+    """Softmax self-attention kept analog, on the running mean ("running") or per step ("instant")."""
+
+    def __init__(self, attention: nn.Module, timesteps: int, mode: str) -> None:
+        super().__init__()
+        self.attention = attention
+        self.timesteps = timesteps
+        self.mode = mode
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.mode == "instant":
+            return self.attention(hidden_states)
+        return expectation_increments(self.attention, hidden_states, self.timesteps)

@@ -1,0 +1,119 @@
+"""Walk a diffusers UNet's module tree and swap each module for its spiking counterpart.
+
+torch.fx cannot trace diffusers UNets (timestep embedding, asserts, branches), so conversion
+goes by module type through a mapping table. A module type not in the table is refused with its
+name and its path in the model, never silently left analog.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from diffusers import UNet2DModel
+from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps
+from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from diffusers.models.unets.unet_2d_blocks import (
+    AttnDownBlock2D,
+    AttnUpBlock2D,
+    DownBlock2D,
+    UNetMidBlock2D,
+    UpBlock2D,
+)
+from torch import nn
+
+from converter.layers import SpikingActivation, SpikingAttention, SpikingResnetBlock2D
+from converter.policy import ConversionPolicy
+from sdm_errors import SdmError
+
+
+class UnsupportedModuleError(SdmError):
+    """The source model contains a module the converter has no spiking mapping for."""
+
+
+# Containers: their own forward only routes tensors between children, so recurse into them.
+CONTAINERS: tuple[type[nn.Module], ...] = (
+    nn.ModuleList,
+    DownBlock2D,
+    AttnDownBlock2D,
+    UpBlock2D,
+    AttnUpBlock2D,
+    UNetMidBlock2D,
+)
+# Kept as they are: linear maps, and the timestep embedding (constant over SNN time: analog, once).
+KEPT: tuple[type[nn.Module], ...] = (
+    nn.Conv2d,
+    nn.Linear,
+    nn.Dropout,
+    nn.Identity,
+    Downsample2D,
+    Upsample2D,
+    Timesteps,
+    TimestepEmbedding,
+    GaussianFourierProjection,
+)
+
+
+def _site(path: str, norm: nn.Module, activation: nn.Module, policy: ConversionPolicy) -> SpikingActivation:
+    if not isinstance(norm, nn.GroupNorm):
+        raise UnsupportedModuleError(f"unsupported normalisation {type(norm).__name__} at {path} (only GroupNorm)")
+    return SpikingActivation(
+        site=path,
+        norm=norm,
+        activation=activation,
+        timesteps=policy.timesteps,
+        policy_signed=policy.negative_lobe == "signed",
+        frozen_norm=policy.norm == "frozen",
+        membrane_init=policy.membrane_init,
+    )
+
+
+def _convert_resnet(block: ResnetBlock2D, path: str, policy: ConversionPolicy) -> nn.Module:
+    if block.upsample is not None or block.downsample is not None:
+        raise UnsupportedModuleError(f"unsupported ResnetBlock2D with up/down sampling at {path}")
+    if block.time_embedding_norm != "default":
+        raise UnsupportedModuleError(
+            f"unsupported ResnetBlock2D time_embedding_norm={block.time_embedding_norm!r} at {path}"
+        )
+    site1 = _site(f"{path}.norm1", block.norm1, block.nonlinearity, policy)
+    site2 = _site(f"{path}.norm2", block.norm2, block.nonlinearity, policy)
+    return SpikingResnetBlock2D(block, site1, site2)
+
+
+def _convert_attention(attention: Attention, path: str, policy: ConversionPolicy) -> nn.Module:
+    if getattr(attention, "spatial_norm", None) is not None or getattr(attention, "is_cross_attention", False):
+        raise UnsupportedModuleError(f"unsupported Attention variant (spatial norm or cross-attention) at {path}")
+    return SpikingAttention(attention, policy.timesteps, policy.attention)
+
+
+CONVERSIONS: dict[type[nn.Module], Callable[[nn.Module, str, ConversionPolicy], nn.Module]] = {
+    ResnetBlock2D: _convert_resnet,
+    Attention: _convert_attention,
+}
+
+
+def _convert_children(module: nn.Module, prefix: str, policy: ConversionPolicy, done: frozenset[str] = frozenset()) -> None:
+    for name, child in list(module.named_children()):
+        path = f"{prefix}.{name}" if prefix else name
+        if path in done:
+            continue
+        convert = CONVERSIONS.get(type(child))
+        if convert is not None:
+            setattr(module, name, convert(child, path, policy))
+        elif isinstance(child, CONTAINERS):
+            _convert_children(child, path, policy)
+        elif not isinstance(child, KEPT):
+            raise UnsupportedModuleError(f"unsupported module {type(child).__name__} at {path}: no spiking mapping")
+
+
+def convert_unet_modules(unet: UNet2DModel, policy: ConversionPolicy) -> UNet2DModel:
+    """Convert `unet` in place (pass a copy to keep the ANN) and return it."""
+    config = unet.config
+    if config.get("class_embed_type") is not None or config.get("num_class_embeds") is not None:
+        raise UnsupportedModuleError("unsupported class-conditional UNet2DModel (class_embedding)")
+    if unet.conv_norm_out is None:
+        raise UnsupportedModuleError("unsupported UNet2DModel without conv_norm_out")
+    unet.conv_norm_out = _site("conv_norm_out", unet.conv_norm_out, unet.conv_act, policy)
+    unet.conv_act = nn.Identity()
+    _convert_children(unet, "", policy, done=frozenset({"conv_norm_out", "conv_act"}))
+    return unet

@@ -1,0 +1,69 @@
+"""Integrate-and-fire neurons with soft reset, built on spikingjelly's neuron base class.
+
+One class covers both neuron kinds the converter uses:
+- unsigned: a plain IF neuron (fires +1 when the membrane reaches the threshold);
+- signed: also fires -1 when the membrane falls to the negative threshold, so a neuron can
+  express negative values (SiLU's negative lobe) and take back an early, too-eager spike.
+
+Thresholds are per channel and live in the state dict as buffers; the membrane is spikingjelly
+memory (outside the state dict, cleared by `reset()`). Spikes leave the neuron already weighted
+by their threshold (`+theta_pos` or `-theta_neg`), which is what the next layer's synapses add
+up: the weighting can be folded into that layer's weights, so it stays an accumulate.
+"""
+
+from __future__ import annotations
+
+import torch
+from spikingjelly.activation_based import surrogate
+from spikingjelly.activation_based.neuron import SimpleBaseNode
+
+
+class SignedIFNode(SimpleBaseNode):
+    """Multi-step IF neuron, soft reset, per-channel thresholds, optional negative spikes.
+
+    The membrane starts at `membrane_init * threshold` (0.5 makes the spike count round to
+    nearest instead of truncating). It is stored shifted by that initial value, so `v` starts at
+    0 and a positive spike fires at `v >= (1 - membrane_init) * theta_pos`.
+    """
+
+    def __init__(self, channels: int, signed: bool, membrane_init: float = 0.5) -> None:
+        super().__init__(v_threshold=1.0, v_reset=None, surrogate_function=surrogate.ATan(), step_mode="m")
+        self.signed = signed
+        self.membrane_init = membrane_init
+        self.threshold_scale = 1.0
+        self.register_buffer("threshold_pos", torch.ones(channels))
+        self.register_buffer("threshold_neg", torch.ones(channels))
+        self.monitor = False
+        self.spike_count = 0.0
+        self.neuron_steps = 0
+
+    def _thresholds(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, -1) + (1,) * (like.dim() - 2)
+        scale = self.threshold_scale
+        return self.threshold_pos.view(shape) * scale, self.threshold_neg.view(shape) * scale
+
+    def neuronal_charge(self, x: torch.Tensor) -> None:
+        self.v = self.v + x
+
+    def neuronal_fire(self) -> torch.Tensor:
+        theta_pos, theta_neg = self._thresholds(self.v)
+        margin = 1.0 - self.membrane_init
+        weighted = theta_pos * self.surrogate_function(self.v - margin * theta_pos)
+        if self.signed:
+            weighted = weighted - theta_neg * self.surrogate_function(-self.v - margin * theta_neg)
+        return weighted
+
+    def neuronal_reset(self, spike: torch.Tensor) -> None:
+        # Soft reset: subtract exactly what was emitted (+theta_pos or -theta_neg).
+        self.v = self.v - (spike.detach() if self.detach_reset else spike)
+
+    def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
+        weighted = super().single_step_forward(x)
+        if self.monitor:
+            self.spike_count += float((weighted != 0).sum())
+            self.neuron_steps += weighted.numel()
+        return weighted
+
+    def reset_monitor(self) -> None:
+        self.spike_count = 0.0
+        self.neuron_steps = 0

@@ -1,0 +1,81 @@
+"""How a source UNet is turned into a spiking one: every choice is data, saved with the model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from sdm_errors import SdmError
+
+NEGATIVE_LOBES = ("signed", "relu")
+NORM_MODES = ("running", "frozen")
+ATTENTION_MODES = ("running", "instant")
+THRESHOLD_METHODS = ("max", "percentile", "mse")
+GRANULARITIES = ("channel", "layer")
+
+
+class PolicyError(SdmError):
+    """A conversion option is out of range or unknown."""
+
+
+@dataclass(frozen=True)
+class ConversionPolicy:
+    """Options of one conversion; see README "Conversion policy" for what each one means.
+
+    timesteps: SNN time steps per UNet evaluation (T).
+    negative_lobe: "signed" neurons emit -1/+1 spikes and follow SiLU exactly (its negative lobe
+        included); "relu" uses plain IF neurons, i.e. a ReLU proxy for SiLU.
+    norm: "running" evaluates GroupNorm on the running mean of the neuron's input current;
+        "frozen" uses per-group statistics frozen from calibration (a fixed affine map).
+    attention: "running" evaluates softmax attention on the running mean of its input (analog);
+        "instant" evaluates it on each time step's input separately.
+    membrane_init: initial membrane potential as a fraction of the threshold (0.5 rounds).
+    threshold_method / percentile / granularity: how thresholds come from calibration statistics.
+    bias_correction: add the calibration-measured mean quantisation error back as a constant current.
+    threshold_scale: threshold guidance (TG), a global factor on all thresholds at sampling time.
+    """
+
+    timesteps: int = 4
+    negative_lobe: str = "signed"
+    norm: str = "running"
+    attention: str = "running"
+    membrane_init: float = 0.5
+    threshold_method: str = "mse"
+    percentile: float = 99.9
+    granularity: str = "channel"
+    bias_correction: bool = True
+    threshold_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.timesteps, int) or self.timesteps < 1:
+            raise PolicyError(f"timesteps must be an integer >= 1, got {self.timesteps!r}")
+        _check_choice("negative_lobe", self.negative_lobe, NEGATIVE_LOBES)
+        _check_choice("norm", self.norm, NORM_MODES)
+        _check_choice("attention", self.attention, ATTENTION_MODES)
+        _check_choice("threshold_method", self.threshold_method, THRESHOLD_METHODS)
+        _check_choice("granularity", self.granularity, GRANULARITIES)
+        if not 0.0 < self.percentile <= 100.0:
+            raise PolicyError(f"percentile must be in (0, 100], got {self.percentile}")
+        if not 0.0 <= self.membrane_init < 1.0:
+            raise PolicyError(f"membrane_init must be in [0, 1), got {self.membrane_init}")
+        if not self.threshold_scale > 0.0:
+            raise PolicyError(f"threshold scale must be > 0, got {self.threshold_scale}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ConversionPolicy":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PolicyError(f"unknown conversion options: {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "ConversionPolicy":
+        return ConversionPolicy.from_dict({**self.to_dict(), **changes})
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise PolicyError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
