@@ -67,7 +67,7 @@ class _SiteCollector:
         self.group_var_sum = var if self.group_var_sum is None else self.group_var_sum + var
         self.images += h.shape[0]
 
-    def finish(self, quantiles: int) -> SiteStats:
+    def finish(self, quantiles: int, activation: str) -> SiteStats:
         values = torch.cat(self.samples, dim=1)
         levels = torch.linspace(0.0, 1.0, quantiles)
         sketch = torch.quantile(values, levels, dim=1).T.contiguous()
@@ -76,6 +76,7 @@ class _SiteCollector:
             z_quantiles=sketch,
             group_mean=self.group_mean_sum / self.images,
             group_var=self.group_var_sum / self.images,
+            activation=activation,
         )
 
 
@@ -83,14 +84,15 @@ def _run_with_collectors(unet: UNet2DModel, settings: CalibrationSettings, feed)
     """Attach collectors to every site, let `feed(unet)` run the ANN, return the sketches."""
     generator = torch.Generator().manual_seed(settings.seed + 1)
     sites = activation_sites(unet)
-    collectors = {name: _SiteCollector(norm, settings.values_per_channel, generator) for name, norm in sites.items()}
-    handles = [sites[name].register_forward_hook(c) for name, c in collectors.items()]
+    collectors = {name: _SiteCollector(site.norm, settings.values_per_channel, generator) for name, site in sites.items()}
+    handles = [sites[name].norm.register_forward_hook(c) for name, c in collectors.items()]
     try:
         visited = feed(unet)
     finally:
         for handle in handles:
             handle.remove()
-    return {name: c.finish(settings.quantiles) for name, c in collectors.items()}, visited
+    stats = {name: c.finish(settings.quantiles, sites[name].activation) for name, c in collectors.items()}
+    return stats, visited
 
 
 @torch.no_grad()
@@ -124,7 +126,6 @@ def calibrate_data_free(
         "source_fingerprint": source_fingerprint,
         "inputs": "data-free: x_t along the ANN's DDIM (eta 0) trajectories from Gaussian noise",
         "diffusion_timesteps": visited,
-        "activation": unet.config.act_fn,
         **settings.__dict__,
     }
     return CalibrationRecord(sites=sites, meta=meta)
@@ -161,7 +162,6 @@ def calibrate_from_data(
         "source_fingerprint": source_fingerprint,
         "inputs": "data: x_t ~ q(x_t | x_0) from real images",
         "diffusion_timesteps": visited,
-        "activation": unet.config.act_fn,
         **settings.__dict__,
     }
     return CalibrationRecord(sites=sites, meta=meta)

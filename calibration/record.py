@@ -29,11 +29,12 @@ class CalibrationError(SdmError):
 
 @dataclass
 class SiteStats:
-    """Statistics of one site: z quantile sketch [C, Q] and GroupNorm group stats [G]."""
+    """Statistics of one site: z quantile sketch [C, Q], GroupNorm group stats [G], activation name."""
 
     z_quantiles: torch.Tensor
     group_mean: torch.Tensor
     group_var: torch.Tensor
+    activation: str
 
     @property
     def channels(self) -> int:
@@ -62,7 +63,7 @@ class CalibrationRecord:
             tensors[f"{name}/group_mean"] = stats.group_mean.contiguous()
             tensors[f"{name}/group_var"] = stats.group_var.contiguous()
         save_file(tensors, str(folder / RECORD_TENSORS))
-        meta = {**self.meta, "sites": list(self.sites)}
+        meta = {**self.meta, "sites": {name: stats.activation for name, stats in self.sites.items()}}
         (folder / RECORD_META).write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -78,9 +79,10 @@ class CalibrationRecord:
                     z_quantiles=tensors[f"{name}/z_quantiles"],
                     group_mean=tensors[f"{name}/group_mean"],
                     group_var=tensors[f"{name}/group_var"],
+                    activation=activation,
                 )
-                for name in meta.pop("sites")
+                for name, activation in meta.pop("sites").items()
             }
-        except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        except (OSError, ValueError, KeyError, AttributeError, SafetensorError) as exc:
             raise CalibrationError(f"corrupt calibration record in {folder}: {exc}") from None
         return cls(sites=sites, meta=meta)

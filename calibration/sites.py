@@ -1,23 +1,45 @@
 """Where a diffusers UNet has a normalisation followed by a nonlinearity: the spiking sites.
 
 A site is named by the path of its GroupNorm module in the ANN (`down_blocks.0.resnets.1.norm2`,
-`conv_norm_out`); the calibration record and the converted SNN use the same names.
+`conv_norm_out`); the calibration record and the converted SNN use the same names. Each site
+also names its activation: UNet2DModel applies `act_fn` inside ResNet blocks but always SiLU
+before `conv_out`, so the activation is read from the module, not from the config.
 """
 
 from __future__ import annotations
 
-from torch import nn
+from dataclasses import dataclass
+
 from diffusers import UNet2DModel
+from diffusers.models.activations import ACT2CLS
 from diffusers.models.resnet import ResnetBlock2D
+from torch import nn
+
+from sdm_errors import SdmError
 
 
-def activation_sites(unet: UNet2DModel) -> dict[str, nn.GroupNorm]:
-    """GroupNorm modules whose output goes through the UNet's activation, in execution order."""
-    sites: dict[str, nn.GroupNorm] = {}
+@dataclass(frozen=True)
+class Site:
+    norm: nn.GroupNorm
+    activation: str
+
+
+def activation_name(module: nn.Module, where: str) -> str:
+    """The diffusers name of an activation module (silu, relu, gelu, mish)."""
+    for name, cls in ACT2CLS.items():
+        if type(module) is cls and name != "swish":
+            return name
+    raise SdmError(f"unsupported activation {type(module).__name__} at {where}")
+
+
+def activation_sites(unet: UNet2DModel) -> dict[str, Site]:
+    """GroupNorm modules whose output goes through an activation, in execution order."""
+    sites: dict[str, Site] = {}
     for path, module in unet.named_modules():
         if isinstance(module, ResnetBlock2D):
-            sites[f"{path}.norm1"] = module.norm1
-            sites[f"{path}.norm2"] = module.norm2
+            act = activation_name(module.nonlinearity, path)
+            sites[f"{path}.norm1"] = Site(module.norm1, act)
+            sites[f"{path}.norm2"] = Site(module.norm2, act)
     if isinstance(getattr(unet, "conv_norm_out", None), nn.GroupNorm):
-        sites["conv_norm_out"] = unet.conv_norm_out
+        sites["conv_norm_out"] = Site(unet.conv_norm_out, activation_name(unet.conv_act, "conv_act"))
     return sites

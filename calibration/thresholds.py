@@ -62,7 +62,6 @@ def _pick(values: torch.Tensor, method: str, percentile: float, timesteps: int, 
 
 def site_thresholds(
     stats: SiteStats,
-    activation: str,
     timesteps: int,
     method: str = "mse",
     percentile: float = 99.9,
@@ -73,7 +72,7 @@ def site_thresholds(
 ) -> SiteThresholds:
     """Thresholds for one site; `signed=False` means plain IF neurons acting as a ReLU proxy."""
     z = stats.z_quantiles.float()
-    target = get_activation(activation)(z)  # what the ANN emits at each sketch point
+    target = get_activation(stats.activation)(z)  # what the ANN emits at each sketch point
     channels = z.shape[0]
     driven = target if signed else z  # a plain IF neuron integrates z and rectifies it itself
     pos_values, neg_values = driven.clamp_min(0), (-driven).clamp_min(0)
@@ -93,5 +92,4 @@ def site_thresholds(
 
 def record_thresholds(record: CalibrationRecord, timesteps: int, **options) -> dict[str, SiteThresholds]:
     """Thresholds for every site of a record (options as in `site_thresholds`)."""
-    activation = record.meta.get("activation", "silu")
-    return {name: site_thresholds(stats, activation, timesteps, **options) for name, stats in record.sites.items()}
+    return {name: site_thresholds(stats, timesteps, **options) for name, stats in record.sites.items()}

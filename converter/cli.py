@@ -14,7 +14,8 @@ import torch
 from calibration.collect import CalibrationSettings, calibrate_data_free
 from calibration.record import CalibrationRecord
 from converter.convert import convert
-from converter.export import atomic_folder, save_converted
+from converter.export import atomic_folder, ensure_free_target, save_converted
+from converter.mapping import check_convertible
 from converter.operations import operations_report
 from converter.policy import (
     ATTENTION_MODES,
@@ -116,6 +117,8 @@ def run(args: argparse.Namespace) -> dict:
         raise SdmError(f"--eval-samples must be >= 0, got {args.eval_samples}")
     source = load_source_model(args.checkpoint)
     out = args.out or Path("runs") / f"{Path(str(args.checkpoint)).name}-T{policy.timesteps}"
+    check_convertible(source.unet, policy)
+    ensure_free_target(out, args.overwrite)
     fingerprint = source.describe()["fingerprint"]
     print(f"source: {source.origin} ({source.format}, weights: {source.weights})", file=sys.stderr)
     source.unet.to(device)

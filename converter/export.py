@@ -24,12 +24,20 @@ class ConvertedModelError(SdmError):
     """A folder is not a converted spiking model, or cannot be written."""
 
 
+def ensure_free_target(target: Path, overwrite: bool = False) -> None:
+    """Refuse early (before any long work) to clobber a non-empty folder or a file."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise ConvertedModelError(f"output path exists and is not a folder: {target}")
+    if target.exists() and not overwrite and any(target.iterdir()):
+        raise ConvertedModelError(f"output folder exists and is not empty: {target} (pass --overwrite)")
+
+
 @contextmanager
 def atomic_folder(target: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder that becomes `target` only if the block finishes."""
     target = Path(target)
-    if target.exists() and not overwrite and any(target.iterdir()):
-        raise ConvertedModelError(f"output folder exists and is not empty: {target} (pass --overwrite)")
+    ensure_free_target(target, overwrite)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

@@ -7,6 +7,7 @@ name and its path in the model, never silently left analog.
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 from diffusers import UNet2DModel
@@ -117,3 +118,8 @@ def convert_unet_modules(unet: UNet2DModel, policy: ConversionPolicy) -> UNet2DM
     unet.conv_act = nn.Identity()
     _convert_children(unet, "", policy, done=frozenset({"conv_norm_out", "conv_act"}))
     return unet
+
+
+def check_convertible(unet: UNet2DModel, policy: ConversionPolicy) -> None:
+    """Raise UnsupportedModuleError now, before any expensive calibration, if `unet` cannot convert."""
+    convert_unet_modules(copy.deepcopy(unet), policy)

@@ -59,10 +59,36 @@ class SignedIFNode(SimpleBaseNode):
 
     def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
         weighted = super().single_step_forward(x)
-        if self.monitor:
-            self.spike_count += float((weighted != 0).sum())
-            self.neuron_steps += weighted.numel()
+        self._count(weighted)
         return weighted
+
+    def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return super().multi_step_forward(x_seq)
+        return self._inference_steps(x_seq)
+
+    def _inference_steps(self, x_seq: torch.Tensor) -> torch.Tensor:
+        """The same dynamics without autograd bookkeeping: thresholds broadcast once, in place."""
+        theta_pos, theta_neg = self._thresholds(x_seq[0])
+        margin = 1.0 - self.membrane_init
+        fire_pos, fire_neg = margin * theta_pos, -margin * theta_neg
+        v = torch.zeros_like(x_seq[0]) + self.v
+        out = torch.empty_like(x_seq)
+        for t in range(x_seq.shape[0]):
+            v.add_(x_seq[t])
+            weighted = torch.where(v >= fire_pos, theta_pos, 0.0)
+            if self.signed:
+                weighted = torch.where(v <= fire_neg, -theta_neg, weighted)
+            v.sub_(weighted)
+            out[t] = weighted
+            self._count(weighted)
+        self.v = v
+        return out
+
+    def _count(self, weighted: torch.Tensor) -> None:
+        if self.monitor:
+            self.spike_count += float(torch.count_nonzero(weighted))
+            self.neuron_steps += weighted.numel()
 
     def reset_monitor(self) -> None:
         self.spike_count = 0.0
