@@ -1,0 +1,1 @@
+"""Evaluation of converted SNNs against their source ANNs: image I/O, datasets, FID/IS."""
