@@ -30,8 +30,9 @@ def expectation_increments(fn, x: torch.Tensor, timesteps: int) -> torch.Tensor:
     t = _time_index(timesteps, seq)
     running = seq.cumsum(dim=0) / t
     accumulated = fn(running.flatten(0, 1)).unflatten(0, (timesteps, -1)) * t
-    previous = torch.cat([torch.zeros_like(accumulated[:1]), accumulated[:-1]])
-    return (accumulated - previous).flatten(0, 1)
+    increments = accumulated.clone()
+    increments[1:] -= accumulated[:-1]
+    return increments.flatten(0, 1)
 
 
 class FrozenGroupNorm(nn.Module):
@@ -81,7 +82,7 @@ class SpikingActivation(nn.Module):
         scale = self.neuron.threshold_scale
         high = self.neuron.threshold_pos.view(shape) * scale
         low = -self.neuron.threshold_neg.view(shape) * scale
-        return torch.maximum(torch.minimum(self.activation(z), high), low)
+        return torch.clamp(self.activation(z), min=low, max=high)
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
         drive = expectation_increments(self.drive, current, self.timesteps).unflatten(0, (self.timesteps, -1))

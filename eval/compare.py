@@ -1,0 +1,137 @@
+"""`python eval/compare.py ann-vs-snn`: the source ANN and converted SNNs, side by side.
+
+Writes to --out: report.json, report.md, samples_ann.npz, samples_snn.npz (one SNN) or
+samples_snn_<label>.npz (several), grid.png (ANN row above each SNN row, same noise),
+spike_rates.png, and metrics_vs_T.png when several SNNs are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from converter.export import atomic_folder, ensure_free_target, load_converted  # noqa: E402
+from eval.images import save_grid_rows, save_npz_images, to_uint8  # noqa: E402
+from eval.paired import PairedSettings, check_same_source, measure_snn, sample_ann  # noqa: E402
+from eval.plots import plot_metric_curves, plot_spike_rates  # noqa: E402
+from eval.report import FidContext, write_markdown  # noqa: E402
+from eval.sampling import SAMPLERS  # noqa: E402
+from pretrained.loading import load_source_model  # noqa: E402
+from pretrained.zoo import DEFAULT_MODEL  # noqa: E402
+from sdm_errors import SdmError  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="compare.py", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("ann-vs-snn", help="sample ANN and SNN(s) from the same noise and report how close they are")
+    p.add_argument("--ann", default=DEFAULT_MODEL, help=f"source ANN (path or embedded name; default {DEFAULT_MODEL})")
+    p.add_argument("--snn", nargs="+", required=True, type=Path, help="converted model folder(s) made by sdm-convert")
+    p.add_argument("--num-samples", type=int, default=16, help="images per model (default 16)")
+    p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shared noise (default 0)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="ddim (eta 0, default), ddpm, dpm (DPM-Solver++)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--fid-ref", type=Path, default=None, help="reference Inception statistics (.npz from eval.reference_stats)")
+    p.add_argument("--fid", action="store_true", help="compute FID between ANN and SNN samples even without --fid-ref")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    return parser
+
+
+def ann_vs_snn(args: argparse.Namespace) -> dict:
+    from converter.cli import resolve_device
+
+    if args.num_samples < 1:
+        raise SdmError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.steps < 1:
+        raise SdmError(f"--steps must be >= 1, got {args.steps}")
+    device = resolve_device(args.device)
+    ensure_free_target(args.out, args.overwrite)
+    source = load_source_model(args.ann)
+    source.unet.to(device)
+    labels = _labels(args.snn)
+    snns = {}
+    for label, folder in zip(labels, args.snn):
+        snn = load_converted(folder, device=str(device))
+        check_same_source(snn, source, str(folder))
+        snns[label] = snn
+    reference = None
+    if args.fid_ref is not None:
+        from eval.fid import FeatureStats
+
+        reference = FeatureStats.load(args.fid_ref)
+    settings = PairedSettings(args.num_samples, args.steps, args.seed, args.sampler, args.batch_size, device)
+    noise, ann_run = sample_ann(source, settings)
+    ann_images = to_uint8(ann_run.samples)
+    runs = [measure_snn(snn, source, noise, ann_run, settings, label) for label, snn in snns.items()]
+    fid = FidContext(ann_images, reference, str(device)) if args.fid or reference is not None else None
+    for run in runs:
+        run["fid"] = fid.section(run["_images"]) if fid else FidContext.not_computed(args.num_samples)
+    with atomic_folder(args.out, overwrite=args.overwrite) as staging:
+        save_npz_images(staging / "samples_ann.npz", ann_images)
+        for run in runs:
+            name = "samples_snn.npz" if len(runs) == 1 else f"samples_snn_{run['label']}.npz"
+            save_npz_images(staging / name, run["_images"])
+        save_grid_rows([ann_images[:16]] + [r["_images"][:16] for r in runs], staging / "grid.png",
+                       labels=["ANN"] + [r["label"] for r in runs])
+        plot_spike_rates({r["label"]: r["spike_rate"]["per_site"] for r in runs}, staging / "spike_rates.png")
+        if len(runs) > 1:
+            plot_metric_curves("SNN time steps T", [r["timesteps"] for r in runs], {
+                "PSNR SNN vs ANN (dB)": [r["paired"]["psnr_db"] for r in runs],
+                "eps relative L2": [r["paired"]["eps_rel_l2"] for r in runs],
+                "energy SNN/ANN": [r["energy"]["snn_over_ann"] for r in runs],
+            }, staging / "metrics_vs_T.png")
+        report = _report(args, source, runs)
+        (staging / "report.json").write_text(json.dumps(report, indent=2))
+        write_markdown(report, staging / "report.md")
+    return report
+
+
+def _labels(folders: list[Path]) -> list[str]:
+    names = [Path(f).name for f in folders]
+    return names if len(set(names)) == len(names) else [f"{i}-{n}" for i, n in enumerate(names)]
+
+
+def _report(args: argparse.Namespace, source, runs: list[dict]) -> dict:
+    clean = [{k: v for k, v in run.items() if not k.startswith("_")} for run in runs]
+    first = clean[0]
+    return {
+        "ann": source.describe(),
+        "num_samples": args.num_samples,
+        "sampler": args.sampler,
+        "steps": args.steps,
+        "seed": args.seed,
+        "device": str(args.device),
+        **{k: first[k] for k in ("timesteps", "paired", "fid", "spike_rate", "energy", "time")},
+        "runs": clean,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = ann_vs_snn(args)
+    except SdmError as exc:
+        print(f"compare.py: error: {exc}", file=sys.stderr)
+        return 2
+    for run in report["runs"]:
+        fid = run["fid"]
+        fid_text = f", FID SNN vs ANN {fid['snn_vs_ann']:.2f}" if fid["snn_vs_ann"] is not None else ""
+        print(f"{run['label']}: T={run['timesteps']} PSNR {run['paired']['psnr_db']:.2f} dB, eps rel. L2 "
+              f"{run['paired']['eps_rel_l2']:.4f}, spike rate {run['spike_rate']['mean']:.3f}, energy SNN/ANN "
+              f"{run['energy']['snn_over_ann']:.3f}, time SNN/ANN {run['time']['snn_over_ann']:.2f}{fid_text}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""`eval/compare.py ann-vs-snn` end to end on a tiny model, its refusals, and the energy arithmetic."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from converter.cli import main as convert_main
+from eval.compare import main as compare_main
+from eval.energy import PJ_PER_AC, PJ_PER_MAC, count_operations, energy_estimate
+from tests.conftest import make_tiny_unet
+
+FAST = ["--calib-samples", "2", "--calib-steps", "2", "--eval-samples", "0"]
+REPORT_KEYS = {"timesteps", "num_samples", "sampler", "steps", "seed", "paired", "fid", "spike_rate", "energy", "time"}
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cmp")
+    make_tiny_unet().save_pretrained(root / "ann")
+    for t in (2, 4):
+        assert convert_main(["--checkpoint", str(root / "ann"), "-T", str(t), "--out", str(root / f"snn{t}"), *FAST]) == 0
+    return root
+
+
+def test_writes_every_output_with_documented_keys(converted, tmp_path):
+    out = tmp_path / "report"
+    argv = ["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "snn2"), str(converted / "snn4"),
+            "--num-samples", "2", "--steps", "2", "--seed", "3", "--out", str(out)]
+    assert compare_main(argv) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"report.json", "report.md", "samples_ann.npz", "samples_snn_snn2.npz", "samples_snn_snn4.npz",
+            "grid.png", "spike_rates.png", "metrics_vs_T.png"} <= names
+    report = json.loads((out / "report.json").read_text())
+    assert REPORT_KEYS <= set(report)
+    assert report["num_samples"] == 2 and report["seed"] == 3 and report["timesteps"] == 2
+    assert [r["timesteps"] for r in report["runs"]] == [2, 4]
+    for key in ("psnr_db", "eps_rel_l2"):
+        assert np.isfinite(report["paired"][key])
+    assert len(report["paired"]["eps_rel_l2_per_step"]) == 2
+    assert report["fid"]["ann"] is None and report["fid"]["reference"] is None
+    assert 0.0 < report["spike_rate"]["mean"] < 1.0
+    assert report["energy"]["snn_over_ann"] > 0 and report["time"]["snn_over_ann"] > 0
+    images = np.load(out / "samples_ann.npz")["images"]
+    assert images.dtype == np.uint8 and images.shape == (2, 8, 8, 3)
+
+
+def test_same_seed_gives_same_report_numbers(converted, tmp_path):
+    reports = []
+    for name in ("a", "b"):
+        argv = ["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "snn2"), "--num-samples", "2",
+                "--steps", "2", "--sampler", "dpm", "--out", str(tmp_path / name)]
+        assert compare_main(argv) == 0
+        reports.append(json.loads((tmp_path / name / "report.json").read_text()))
+    assert reports[0]["paired"] == reports[1]["paired"]
+
+
+def refused(capsys, argv, tmp_path, expected):
+    out = tmp_path / "never"
+    assert compare_main([*argv, "--out", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err[-1].startswith("compare.py: error:") and expected in err[-1], err
+    assert not out.exists()
+
+
+def test_refuses_a_folder_that_is_not_a_converted_model(converted, tmp_path, capsys):
+    refused(capsys, ["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "ann")], tmp_path,
+            "not a converted model folder")
+
+
+def test_refuses_an_snn_from_another_source(converted, tmp_path, capsys):
+    make_tiny_unet(seed=1).save_pretrained(tmp_path / "other")
+    refused(capsys, ["ann-vs-snn", "--ann", str(tmp_path / "other"), "--snn", str(converted / "snn2")], tmp_path,
+            "converted from another model")
+
+
+def test_refuses_reference_stats_of_the_wrong_shape(converted, tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, mu=np.zeros(5), sigma=np.eye(5))
+    refused(capsys, ["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "snn2"),
+                     "--fid-ref", str(bad)], tmp_path, "bad.npz")
+
+
+def test_refuses_zero_samples(converted, tmp_path, capsys):
+    refused(capsys, ["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "snn2"),
+                     "--num-samples", "0"], tmp_path, "--num-samples must be >= 1")
+
+
+def test_energy_counts_follow_the_spike_rate(converted):
+    from converter.export import load_converted
+
+    snn = load_converted(converted / "snn4")
+    counts = count_operations(snn)
+    silent = energy_estimate(snn, counts, {name: 0.0 for name in counts.site_elements})
+    busy = energy_estimate(snn, counts, {name: 0.5 for name in counts.site_elements})
+    assert silent["snn"]["acs"] == 0.0
+    assert busy["snn"]["analog_macs"] == silent["snn"]["analog_macs"]
+    # ACs grow linearly with the rate; their energy is 0.9 pJ each
+    assert busy["snn"]["microjoules"] - silent["snn"]["microjoules"] == pytest.approx(
+        busy["snn"]["acs"] * PJ_PER_AC * 1e-6)
+    dense = sum(counts.layer_macs.values()) + counts.attention_macs
+    assert busy["ann"]["macs"] == pytest.approx(dense)
+    assert busy["ann"]["microjoules"] == pytest.approx(PJ_PER_MAC * 1e-6 * (dense + busy["ann"]["elementwise_macs"]))
+    # a 3x3 conv on 8x8 with 16 in / 16 out channels: 8*8*16*16*9 MACs per image and step
+    assert counts.layer_macs["down_blocks.0.resnets.0.conv1"] == 8 * 8 * 16 * 16 * 9
