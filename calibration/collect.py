@@ -81,7 +81,10 @@ class _SiteCollector:
 
 
 def _run_with_collectors(unet: UNet2DModel, settings: CalibrationSettings, feed) -> tuple[dict[str, SiteStats], list[int]]:
-    """Attach collectors to every site, let `feed(unet)` run the ANN, return the sketches."""
+    """Attach collectors to every site, let `feed(unet)` run the ANN, return the sketches.
+
+    `feed` returns the diffusion timesteps it visited.
+    """
     generator = torch.Generator().manual_seed(settings.seed + 1)
     sites = activation_sites(unet)
     collectors = {name: _SiteCollector(site.norm, settings.values_per_channel, generator) for name, site in sites.items()}
@@ -109,12 +112,16 @@ def calibrate_data_free(
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     noise = torch.randn((settings.num_samples, *shape), generator=torch.Generator().manual_seed(settings.seed))
 
+    seen_x, seen_t = [], []
+
     def feed(model: UNet2DModel) -> list[int]:
         batches = noise.split(settings.batch_size)
         progress = tqdm(total=len(batches) * len(scheduler.timesteps), desc="calibrating (ANN DDIM)", unit="eval")
         for batch in batches:
             x = batch.to(device)
             for t in scheduler.timesteps:
+                seen_x.append(x.cpu())
+                seen_t.append(torch.full((x.shape[0],), int(t)))
                 eps = model(x, t).sample
                 x = scheduler.step(eps, t, x, eta=0.0).prev_sample
                 progress.update()
@@ -128,7 +135,7 @@ def calibrate_data_free(
         "diffusion_timesteps": visited,
         **settings.__dict__,
     }
-    return CalibrationRecord(sites=sites, meta=meta)
+    return CalibrationRecord(sites=sites, meta=meta, inputs=torch.cat(seen_x), input_timesteps=torch.cat(seen_t))
 
 
 @torch.no_grad()
@@ -145,6 +152,8 @@ def calibrate_from_data(
     generator = torch.Generator().manual_seed(settings.seed)
     timesteps = torch.linspace(0, schedule.config.num_train_timesteps - 1, settings.steps).round().long()
 
+    seen_x, seen_t = [], []
+
     def feed(model: UNet2DModel) -> list[int]:
         batches = images[: settings.num_samples].split(settings.batch_size)
         progress = tqdm(total=len(batches) * len(timesteps), desc="calibrating (ANN on data)", unit="eval")
@@ -152,6 +161,8 @@ def calibrate_from_data(
             for t in timesteps:
                 noise = torch.randn(batch.shape, generator=generator)
                 x_t = schedule.add_noise(batch, noise, t.expand(batch.shape[0]))
+                seen_x.append(x_t)
+                seen_t.append(t.expand(batch.shape[0]).clone())
                 model(x_t.to(device), t.to(device))
                 progress.update()
         progress.close()
@@ -164,4 +175,4 @@ def calibrate_from_data(
         "diffusion_timesteps": visited,
         **settings.__dict__,
     }
-    return CalibrationRecord(sites=sites, meta=meta)
+    return CalibrationRecord(sites=sites, meta=meta, inputs=torch.cat(seen_x), input_timesteps=torch.cat(seen_t))

@@ -21,6 +21,7 @@ from sdm_errors import SdmError
 
 RECORD_TENSORS = "calibration.safetensors"
 RECORD_META = "calibration.json"
+INPUTS_KEY, INPUT_TIMESTEPS_KEY = "inputs/x_t", "inputs/t"
 
 
 class CalibrationError(SdmError):
@@ -47,6 +48,8 @@ class CalibrationRecord:
 
     sites: dict[str, SiteStats]
     meta: dict[str, Any] = field(default_factory=dict)
+    inputs: torch.Tensor | None = None  # the x_t the ANN saw, [M, C, H, W], for layer-wise matching
+    input_timesteps: torch.Tensor | None = None  # their diffusion timesteps, [M]
 
     def check_source(self, fingerprint: str) -> None:
         """Refuse a record gathered on a different model than the one being converted."""
@@ -62,6 +65,9 @@ class CalibrationRecord:
             tensors[f"{name}/z_quantiles"] = stats.z_quantiles.contiguous()
             tensors[f"{name}/group_mean"] = stats.group_mean.contiguous()
             tensors[f"{name}/group_var"] = stats.group_var.contiguous()
+        if self.inputs is not None:
+            tensors[INPUTS_KEY] = self.inputs.contiguous()
+            tensors[INPUT_TIMESTEPS_KEY] = self.input_timesteps.contiguous()
         save_file(tensors, str(folder / RECORD_TENSORS))
         meta = {**self.meta, "sites": {name: stats.activation for name, stats in self.sites.items()}}
         (folder / RECORD_META).write_text(json.dumps(meta, indent=2))
@@ -85,4 +91,4 @@ class CalibrationRecord:
             }
         except (OSError, ValueError, KeyError, AttributeError, SafetensorError) as exc:
             raise CalibrationError(f"corrupt calibration record in {folder}: {exc}") from None
-        return cls(sites=sites, meta=meta)
+        return cls(sites=sites, meta=meta, inputs=tensors.get(INPUTS_KEY), input_timesteps=tensors.get(INPUT_TIMESTEPS_KEY))

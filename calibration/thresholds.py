@@ -14,6 +14,7 @@ correction the remaining mean error per channel is returned as a constant curren
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from diffusers.models.activations import get_activation
@@ -48,12 +49,20 @@ def _pick(values: torch.Tensor, method: str, percentile: float, timesteps: int, 
         return top.clamp_min(MIN_THRESHOLD)
     if method == "percentile":
         return torch.quantile(values, percentile / 100.0, dim=1).clamp_min(MIN_THRESHOLD)
+    return mse_search(lambda theta: neuron_quantise(values[:, None, :], theta, timesteps, membrane_init), target, top)
+
+
+def mse_search(emit: Callable[[torch.Tensor], torch.Tensor], target: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """Per row, the threshold in (0, top] minimising mean (emit(theta) - target)^2.
+
+    `emit` maps candidates [R, K, 1] to what the neurons would emit, [R, K, N]; the search is a
+    coarse-to-fine grid, each round zooming on the best cell of the previous one.
+    """
     low, high = torch.zeros_like(top), top.clamp_min(MIN_THRESHOLD)
-    for _ in range(MSE_ROUNDS):  # coarse-to-fine grid search, each round zooms on the best cell
+    for _ in range(MSE_ROUNDS):
         fractions = torch.linspace(0.0, 1.0, MSE_CANDIDATES + 2)[1:-1]
         candidates = (low[:, None] + (high - low)[:, None] * fractions[None, :]).clamp_min(MIN_THRESHOLD)
-        emitted = neuron_quantise(values[:, None, :], candidates[:, :, None], timesteps, membrane_init)
-        error = (emitted - target[:, None, :]).pow(2).mean(dim=2)  # [R, K]
+        error = (emit(candidates[:, :, None]) - target[:, None, :]).pow(2).mean(dim=2)  # [R, K]
         best = candidates.gather(1, error.argmin(dim=1, keepdim=True)).squeeze(1)
         step = (high - low) / (MSE_CANDIDATES + 1)
         low, high = (best - step).clamp_min(0), best + step

@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                             help="one threshold per channel (default) or per layer")
     thresholds.add_argument("--no-bias-correction", action="store_true",
                             help="do not add back the mean quantisation error as a constant current")
+    thresholds.add_argument("--layerwise", action="store_true",
+                            help="fit each site's thresholds on the SNN's own inputs against the ANN, in execution "
+                                 "order (layer-by-layer matching; off by default, see README)")
+    thresholds.add_argument("--matching-inputs", type=int, default=16,
+                            help="calibration inputs used by layer-by-layer matching (default 16)")
     thresholds.add_argument("--threshold-scale", type=float, default=1.0,
                             help="threshold guidance: global factor on all thresholds at sampling time (default 1.0)")
 
@@ -93,6 +98,8 @@ def policy_from_args(args: argparse.Namespace) -> ConversionPolicy:
         percentile=args.percentile,
         granularity=args.granularity,
         bias_correction=not args.no_bias_correction,
+        layerwise=args.layerwise,
+        matching_inputs=args.matching_inputs,
         threshold_scale=args.threshold_scale,
     )
 
@@ -132,7 +139,7 @@ def run(args: argparse.Namespace) -> dict:
                                        batch_size=args.calib_batch_size)
         record = calibrate_data_free(source.unet, source.scheduler_config, settings, fingerprint, device)
     calibrated = time.perf_counter()
-    snn = convert(source, record, policy).to(device)
+    snn = convert(source, record, policy, device)
     converted = time.perf_counter()
 
     summary = {

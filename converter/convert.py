@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from calibration.record import CalibrationRecord
 from calibration.thresholds import record_thresholds
+from converter.layerwise import match_layerwise
 from converter.model import SpikingUNet2DModel
 from converter.policy import ConversionPolicy
 from pretrained.loading import SourceModel
 
 
-def convert(source: SourceModel, record: CalibrationRecord, policy: ConversionPolicy) -> SpikingUNet2DModel:
+def convert(source: SourceModel, record: CalibrationRecord, policy: ConversionPolicy,
+            device: str | torch.device = "cpu") -> SpikingUNet2DModel:
     """Build the spiking UNet of `source` with thresholds chosen from `record` by `policy`."""
     description = source.describe()
     record.check_source(description["fingerprint"])
@@ -35,4 +39,6 @@ def convert(source: SourceModel, record: CalibrationRecord, policy: ConversionPo
     )
     if policy.norm == "frozen":
         snn.set_frozen_norm_stats({name: (s.group_mean, s.group_var) for name, s in record.sites.items()})
+    if policy.layerwise:
+        match_layerwise(snn.to(device), source.unet.to(device), record, policy.matching_inputs, policy.bias_correction)
     return snn

@@ -32,6 +32,8 @@ class ConversionPolicy:
     membrane_init: initial membrane potential as a fraction of the threshold (0.5 rounds).
     threshold_method / percentile / granularity: how thresholds come from calibration statistics.
     bias_correction: add the calibration-measured mean quantisation error back as a constant current.
+    layerwise: refit thresholds and bias currents site by site on the SNN's own inputs against
+        the ANN's activations (see converter/layerwise.py); `matching_inputs` calibration x_t.
     threshold_scale: threshold guidance (TG), a global factor on all thresholds at sampling time.
     """
 
@@ -44,6 +46,8 @@ class ConversionPolicy:
     percentile: float = 99.9
     granularity: str = "channel"
     bias_correction: bool = True
+    layerwise: bool = False
+    matching_inputs: int = 16
     threshold_scale: float = 1.0
 
     def __post_init__(self) -> None:
@@ -58,6 +62,8 @@ class ConversionPolicy:
             raise PolicyError(f"percentile must be in (0, 100], got {self.percentile}")
         if not 0.0 <= self.membrane_init < 1.0:
             raise PolicyError(f"membrane_init must be in [0, 1), got {self.membrane_init}")
+        if self.matching_inputs < 1:
+            raise PolicyError(f"matching inputs must be >= 1, got {self.matching_inputs}")
         if not self.threshold_scale > 0.0:
             raise PolicyError(f"threshold scale must be > 0, got {self.threshold_scale}")
 

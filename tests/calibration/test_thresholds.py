@@ -1,0 +1,78 @@
+"""Threshold methods against brute force, and the calibration record's round trip and guards."""
+
+import pytest
+import torch
+
+from calibration.record import CalibrationError, CalibrationRecord, SiteStats
+from calibration.thresholds import neuron_quantise, site_thresholds
+
+
+def sketch(values: torch.Tensor, q: int = 257) -> torch.Tensor:
+    return torch.quantile(values, torch.linspace(0, 1, q), dim=1).T.contiguous()
+
+
+def stats_from(z: torch.Tensor, activation: str = "relu") -> SiteStats:
+    return SiteStats(z_quantiles=sketch(z), group_mean=torch.zeros(1), group_var=torch.ones(1), activation=activation)
+
+
+def test_quantiser_matches_a_steady_input_neuron():
+    # steady input 0.3 for T=4 with theta 1: 1.2 of charge, half-threshold start -> 1 spike -> 0.25
+    assert float(neuron_quantise(torch.tensor(0.3), torch.tensor(1.0), 4, 0.5)) == pytest.approx(0.25)
+    assert float(neuron_quantise(torch.tensor(5.0), torch.tensor(1.0), 4, 0.5)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("timesteps", [2, 4, 8])
+def test_mse_threshold_matches_brute_force(timesteps):
+    torch.manual_seed(0)
+    z = torch.cat([torch.randn(3, 4000).abs() * torch.tensor([[0.5], [1.0], [2.0]]), -torch.rand(3, 1000)], dim=1)
+    stats = stats_from(z)
+    found = site_thresholds(stats, timesteps, method="mse", signed=False, bias_correction=False).pos
+    y = stats.z_quantiles.clamp_min(0)
+    grid = torch.linspace(0.001, 1.0, 4000)[None, :] * y.max(dim=1).values[:, None]
+    errors = (neuron_quantise(y[:, None, :], grid[:, :, None], timesteps, 0.5) - y[:, None, :]).pow(2).mean(dim=2)
+    brute = grid.gather(1, errors.argmin(dim=1, keepdim=True)).squeeze(1)
+    err = lambda th: (neuron_quantise(y, th[:, None], timesteps, 0.5) - y).pow(2).mean(dim=1)
+    assert torch.all(err(found) <= err(brute) * 1.01 + 1e-9), (found, brute)
+
+
+def test_max_and_percentile_methods():
+    z = torch.arange(1, 1001, dtype=torch.float32)[None, :] / 100.0
+    stats = stats_from(z)
+    assert float(site_thresholds(stats, 4, method="max", signed=False).pos) == pytest.approx(10.0)
+    assert float(site_thresholds(stats, 4, method="percentile", percentile=50.0, signed=False).pos) == pytest.approx(5.005, rel=1e-2)
+
+
+def test_bias_correction_cancels_the_mean_error():
+    torch.manual_seed(1)
+    stats = stats_from(torch.randn(2, 5000) * 2, activation="silu")
+    corrected = site_thresholds(stats, 2, method="mse", signed=True, bias_correction=True)
+    plain = site_thresholds(stats, 2, method="mse", signed=True, bias_correction=False)
+    assert torch.equal(corrected.pos, plain.pos) and plain.shift.abs().max() == 0
+    assert corrected.shift.abs().max() > 0
+
+
+def test_layer_granularity_gives_one_threshold():
+    stats = stats_from(torch.rand(4, 1000) * torch.arange(1, 5)[:, None])
+    thresholds = site_thresholds(stats, 4, method="max", granularity="layer", signed=False)
+    assert torch.all(thresholds.pos == thresholds.pos[0]) and float(thresholds.pos[0]) == pytest.approx(4.0, rel=1e-2)
+
+
+def test_record_round_trip_and_source_guard(tmp_path, tiny_record):
+    tiny_record.save(tmp_path)
+    again = CalibrationRecord.load(tmp_path)
+    assert set(again.sites) == set(tiny_record.sites)
+    name = next(iter(tiny_record.sites))
+    assert torch.equal(again.sites[name].z_quantiles, tiny_record.sites[name].z_quantiles)
+    assert torch.equal(again.inputs, tiny_record.inputs)
+    again.check_source(tiny_record.meta["source_fingerprint"])
+    with pytest.raises(CalibrationError, match="from another model"):
+        again.check_source("0000")
+
+
+def test_corrupt_or_missing_record_is_refused(tmp_path):
+    with pytest.raises(CalibrationError, match="no calibration record"):
+        CalibrationRecord.load(tmp_path)
+    (tmp_path / "calibration.json").write_text("{not json")
+    (tmp_path / "calibration.safetensors").write_bytes(b"junk")
+    with pytest.raises(CalibrationError, match="corrupt calibration record"):
+        CalibrationRecord.load(tmp_path)
