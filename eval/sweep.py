@@ -1,0 +1,166 @@
+"""`python eval/sweep.py`: threshold calibration sweeps on a saved calibration record.
+
+Sweeps threshold method x percentile x T x threshold scale (TG). The record supplies every
+statistic, so the ANN never runs for calibration again; it samples once, from the shared noise,
+and is evaluated on the SNN trajectories only to measure the per-step eps error. Writes
+sweep.csv, sweep.md (with the best threshold scale per T), sweep.json and metric plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from calibration.record import CalibrationRecord  # noqa: E402
+from converter.cli import resolve_device  # noqa: E402
+from converter.convert import convert  # noqa: E402
+from converter.export import atomic_folder, ensure_free_target  # noqa: E402
+from converter.policy import THRESHOLD_METHODS, ConversionPolicy  # noqa: E402
+from eval.paired import PairedSettings, measure_snn, sample_ann  # noqa: E402
+from eval.plots import plot_metric_curves  # noqa: E402
+from eval.sampling import SAMPLERS  # noqa: E402
+from pretrained.loading import load_source_model  # noqa: E402
+from pretrained.zoo import DEFAULT_MODEL  # noqa: E402
+from sdm_errors import SdmError  # noqa: E402
+
+COLUMNS = ["method", "percentile", "timesteps", "threshold_scale", "psnr_db", "eps_rel_l2", "eps_cosine",
+           "spike_rate", "energy_snn_over_ann", "time_snn_over_ann"]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sweep.py", description=__doc__.splitlines()[0])
+    p.add_argument("--ann", default=DEFAULT_MODEL, help=f"source ANN (default {DEFAULT_MODEL})")
+    p.add_argument("--record", type=Path, required=True, help="folder with calibration.json/.safetensors "
+                   "(any sdm-convert output folder)")
+    p.add_argument("--methods", default="mse", help=f"comma list of {', '.join(THRESHOLD_METHODS)} (default mse)")
+    p.add_argument("--percentiles", default="99.9", help="comma list, used with the percentile method (default 99.9)")
+    p.add_argument("--timesteps", default="4", help="comma list of T (default 4)")
+    p.add_argument("--scales", default="1.0", help="comma list of threshold scales (TG; default 1.0)")
+    p.add_argument("--policy", default="{}", help='other conversion options as JSON, e.g. \'{"negative_lobe": "relu"}\'')
+    p.add_argument("--num-samples", type=int, default=8, help="images per setting (default 8)")
+    p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def grid(args: argparse.Namespace) -> list[tuple[str, float, int, float]]:
+    """(method, percentile, T, scale) combinations; percentiles only multiply the percentile method."""
+    methods = [m for m in args.methods.split(",") if m.strip()]
+    percentiles, timesteps, scales = _floats(args.percentiles), _ints(args.timesteps), _floats(args.scales)
+    if not methods or not timesteps or not scales or ("percentile" in methods and not percentiles):
+        raise SdmError("sweep grid is empty: give at least one method, T and scale (and percentile for that method)")
+    for scale in scales:
+        if scale <= 0:
+            raise SdmError(f"threshold scale must be > 0, got {scale}")
+    combos = []
+    for method, t in itertools.product(methods, timesteps):
+        for percentile in percentiles if method == "percentile" else [percentiles[0] if percentiles else 99.9]:
+            combos.extend((method, percentile, t, s) for s in scales)
+    return combos
+
+
+def sweep(args: argparse.Namespace) -> list[dict]:
+    device = resolve_device(args.device)
+    try:
+        extra = json.loads(args.policy)
+    except json.JSONDecodeError as exc:
+        raise SdmError(f"--policy is not JSON: {exc}") from None
+    combos = grid(args)
+    for method, percentile, t, scale in combos:  # validate every policy before any work
+        ConversionPolicy.from_dict({**extra, "threshold_method": method, "percentile": percentile, "timesteps": t,
+                                    "threshold_scale": scale})
+    ensure_free_target(args.out, args.overwrite)
+    source = load_source_model(args.ann)
+    record = CalibrationRecord.load(args.record)
+    record.check_source(source.describe()["fingerprint"])
+    source.unet.to(device)
+    settings = PairedSettings(args.num_samples, args.steps, args.seed, args.sampler, args.batch_size, device)
+    noise, ann_run = sample_ann(source, settings)
+    rows = []
+    converted: dict[tuple, object] = {}
+    for method, percentile, t, scale in combos:
+        key = (method, percentile, t)
+        if key not in converted:
+            policy = ConversionPolicy.from_dict({**extra, "threshold_method": method, "percentile": percentile,
+                                                 "timesteps": t})
+            converted = {key: convert(source, record, policy, device)}  # keep one model in memory
+        snn = converted[key]
+        snn.set_threshold_scale(scale)
+        run = measure_snn(snn, source, noise, ann_run, settings, f"{method}-p{percentile}-T{t}-s{scale}")
+        rows.append({
+            "method": method, "percentile": percentile if method == "percentile" else None, "timesteps": t,
+            "threshold_scale": scale, "psnr_db": run["paired"]["psnr_db"], "eps_rel_l2": run["paired"]["eps_rel_l2"],
+            "eps_cosine": run["paired"]["eps_cosine"], "spike_rate": run["spike_rate"]["mean"],
+            "energy_snn_over_ann": run["energy"]["snn_over_ann"], "time_snn_over_ann": run["time"]["snn_over_ann"],
+        })
+    with atomic_folder(args.out, overwrite=args.overwrite) as staging:
+        _write(rows, staging, args)
+    return rows
+
+
+def _write(rows: list[dict], folder: Path, args: argparse.Namespace) -> None:
+    with open(folder / "sweep.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (folder / "sweep.json").write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
+                                                   "rows": rows}, indent=2))
+    lines = [f"# Threshold sweep ({args.num_samples} samples, {args.sampler} {args.steps} steps, seed {args.seed})", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in COLUMNS) + " |")
+    lines += ["", "Best threshold scale (PSNR) per T and method:", ""]
+    for (method, percentile, t), group in itertools.groupby(rows, key=lambda r: (r["method"], r["percentile"], r["timesteps"])):
+        best = max(group, key=lambda r: r["psnr_db"])
+        lines.append(f"- {method}{'' if percentile is None else f' p{percentile}'} T={t}: scale {best['threshold_scale']} "
+                     f"({best['psnr_db']:.2f} dB)")
+    (folder / "sweep.md").write_text("\n".join(lines) + "\n")
+    for key, label in (("threshold_scale", "threshold scale"), ("timesteps", "SNN time steps T")):
+        values = sorted({r[key] for r in rows})
+        if len(values) > 1:
+            others = [c for c in ("method", "percentile", "timesteps", "threshold_scale") if c != key]
+            first = {c: rows[0][c] for c in others}
+            series = [next(r for r in rows if r[key] == v and all(r[c] == first[c] for c in others)) for v in values
+                      if any(r[key] == v and all(r[c] == first[c] for c in others) for r in rows)]
+            plot_metric_curves(label, [r[key] for r in series], {
+                "PSNR SNN vs ANN (dB)": [r["psnr_db"] for r in series],
+                "eps relative L2": [r["eps_rel_l2"] for r in series],
+                "spike rate": [r["spike_rate"] for r in series],
+            }, folder / f"sweep_vs_{key}.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rows = sweep(args)
+    except SdmError as exc:
+        print(f"sweep.py: error: {exc}", file=sys.stderr)
+        return 2
+    for row in rows:
+        print(", ".join(f"{c}={row[c]:.4g}" if isinstance(row[c], float) else f"{c}={row[c]}" for c in COLUMNS))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
