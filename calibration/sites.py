@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffusers import UNet2DModel
-from diffusers.models.activations import ACT2CLS
+from diffusers.models.activations import ACT2CLS, get_activation
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
@@ -30,6 +30,11 @@ def activation_name(module: nn.Module, where: str) -> str:
         if type(module) is cls and name != "swish":
             return name
     raise SdmError(f"unsupported activation {type(module).__name__} at {where}")
+
+
+def activation_function(name: str) -> nn.Module:
+    """The activation module for a recorded name; "identity" is the input encoder's."""
+    return nn.Identity() if name == "identity" else get_activation(name)
 
 
 def activation_sites(unet: UNet2DModel) -> dict[str, Site]:

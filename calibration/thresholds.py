@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from diffusers.models.activations import get_activation
 
-from calibration.record import CalibrationRecord, SiteStats
+from calibration.record import CalibrationError, CalibrationRecord, SiteStats
+from calibration.sites import activation_function
 
 MIN_THRESHOLD = 1e-4
 MSE_CANDIDATES = 16
@@ -81,7 +81,7 @@ def site_thresholds(
 ) -> SiteThresholds:
     """Thresholds for one site; `signed=False` means plain IF neurons acting as a ReLU proxy."""
     z = stats.z_quantiles.float()
-    target = get_activation(stats.activation)(z)  # what the ANN emits at each sketch point
+    target = activation_function(stats.activation)(z)  # what the ANN emits at each sketch point
     channels = z.shape[0]
     driven = target if signed else z  # a plain IF neuron integrates z and rectifies it itself
     pos_values, neg_values = driven.clamp_min(0), (-driven).clamp_min(0)
@@ -102,3 +102,12 @@ def site_thresholds(
 def record_thresholds(record: CalibrationRecord, timesteps: int, **options) -> dict[str, SiteThresholds]:
     """Thresholds for every site of a record (options as in `site_thresholds`)."""
     return {name: site_thresholds(stats, timesteps, **options) for name, stats in record.sites.items()}
+
+
+def input_stats(record: CalibrationRecord, quantiles: int = 257) -> SiteStats:
+    """Per-channel statistics of the UNet inputs x_t themselves (for spike-encoded inputs)."""
+    if record.inputs is None:
+        raise CalibrationError("calibration record holds no inputs to choose input-encoding thresholds from")
+    x = record.inputs.transpose(0, 1).reshape(record.inputs.shape[1], -1).float()
+    sketch = torch.quantile(x, torch.linspace(0, 1, quantiles), dim=1).T.contiguous()
+    return SiteStats(z_quantiles=sketch, group_mean=torch.zeros(1), group_var=torch.ones(1), activation="identity")

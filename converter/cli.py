@@ -20,6 +20,7 @@ from converter.operations import operations_report
 from converter.policy import (
     ATTENTION_MODES,
     GRANULARITIES,
+    INPUT_ENCODINGS,
     NEGATIVE_LOBES,
     NORM_MODES,
     THRESHOLD_METHODS,
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="GroupNorm on the running mean of the input (default) or frozen from calibration")
     neurons.add_argument("--attention", choices=ATTENTION_MODES, default="running",
                          help="softmax attention on the running mean (default) or on each time step")
+    neurons.add_argument("--input-encoding", choices=INPUT_ENCODINGS, default="analog",
+                         help="analog: conv_in(x) injected as a current (default); spikes: x encoded by signed IF neurons")
     neurons.add_argument("--membrane-init", type=float, default=0.5,
                          help="initial membrane potential as a fraction of the threshold (default 0.5)")
 
@@ -93,6 +96,7 @@ def policy_from_args(args: argparse.Namespace) -> ConversionPolicy:
         negative_lobe=args.negative_lobe,
         norm=args.norm,
         attention=args.attention,
+        input_encoding=args.input_encoding,
         membrane_init=args.membrane_init,
         threshold_method=args.threshold_method,
         percentile=args.percentile,

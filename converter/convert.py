@@ -7,8 +7,9 @@ from typing import Any
 import torch
 
 from calibration.record import CalibrationRecord
-from calibration.thresholds import record_thresholds
+from calibration.thresholds import input_stats, record_thresholds, site_thresholds
 from converter.layerwise import match_layerwise
+from converter.mapping import INPUT_SITE
 from converter.model import SpikingUNet2DModel
 from converter.policy import ConversionPolicy
 from pretrained.loading import SourceModel
@@ -25,18 +26,12 @@ def convert(source: SourceModel, record: CalibrationRecord, policy: ConversionPo
         "calibration": {k: v for k, v in record.meta.items() if k != "diffusion_timesteps"},
     }
     snn = SpikingUNet2DModel.from_ann(source.unet, policy, provenance)
-    snn.set_thresholds(
-        record_thresholds(
-            record,
-            policy.timesteps,
-            method=policy.threshold_method,
-            percentile=policy.percentile,
-            granularity=policy.granularity,
-            signed=policy.negative_lobe == "signed",
-            membrane_init=policy.membrane_init,
-            bias_correction=policy.bias_correction,
-        )
-    )
+    options = dict(method=policy.threshold_method, percentile=policy.percentile, granularity=policy.granularity,
+                   membrane_init=policy.membrane_init, bias_correction=policy.bias_correction)
+    thresholds = record_thresholds(record, policy.timesteps, signed=policy.negative_lobe == "signed", **options)
+    if policy.input_encoding == "spikes":
+        thresholds[INPUT_SITE] = site_thresholds(input_stats(record), policy.timesteps, signed=True, **options)
+    snn.set_thresholds(thresholds)
     if policy.norm == "frozen":
         snn.set_frozen_norm_stats({name: (s.group_mean, s.group_var) for name, s in record.sites.items()})
     if policy.layerwise:

@@ -57,20 +57,22 @@ class FrozenGroupNorm(nn.Module):
 class SpikingActivation(nn.Module):
     """A site of the ANN (GroupNorm then activation) as dendrite + spiking neuron.
 
+    With identity norm and activation it encodes an analog signal (the input image) as spikes.
+
     The dendrite turns the input current into the neuron's drive: for signed neurons, the
     increments of t * clip(act(norm(m_t))); for the ReLU proxy, the increments of t * norm(m_t),
     which a plain IF neuron rectifies. TSM multiplies the drive at step t by a learnable p[t].
     """
 
-    def __init__(self, site: str, norm: nn.GroupNorm, activation: nn.Module, timesteps: int, policy_signed: bool,
-                 frozen_norm: bool, membrane_init: float) -> None:
+    def __init__(self, site: str, norm: nn.Module, activation: nn.Module, channels: int, timesteps: int,
+                 signed: bool, membrane_init: float) -> None:
         super().__init__()
         self.site = site
         self.timesteps = timesteps
-        self.norm = FrozenGroupNorm(norm) if frozen_norm else norm
+        self.norm = norm
         self.activation = activation
-        self.neuron = SignedIFNode(norm.num_channels, signed=policy_signed, membrane_init=membrane_init)
-        self.register_buffer("output_shift", torch.zeros(norm.num_channels))
+        self.neuron = SignedIFNode(channels, signed=signed, membrane_init=membrane_init)
+        self.register_buffer("output_shift", torch.zeros(channels))
         self.tsm: nn.Parameter | None = None
 
     def drive(self, running: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import torch
 from diffusers import UNet2DModel
-from diffusers.models.activations import get_activation
 from tqdm.auto import tqdm
 
 from calibration.record import CalibrationError, CalibrationRecord
-from calibration.sites import activation_sites
+from calibration.sites import activation_function, activation_sites
 from calibration.thresholds import MIN_THRESHOLD, mse_search, neuron_quantise
 from converter.layers import SpikingActivation
 from converter.model import SpikingUNet2DModel
@@ -40,7 +39,7 @@ def ann_site_outputs(ann: UNet2DModel, x: torch.Tensor, t: torch.Tensor) -> dict
     sites = activation_sites(ann)
     handles = [
         site.norm.register_forward_hook(
-            lambda m, i, z, name=name, act=site.activation: outputs.__setitem__(name, get_activation(act)(z))
+            lambda m, i, z, name=name, act=site.activation: outputs.__setitem__(name, activation_function(act)(z))
         )
         for name, site in sites.items()
     ]
@@ -108,14 +107,17 @@ def match_layerwise(
     progress = tqdm(total=len(sites), desc="layer-wise matching", unit="site")
 
     def before(site: SpikingActivation, inputs: tuple[torch.Tensor, ...]) -> None:
-        _fit_site(site, inputs[0], targets[site.site], generator)
-        site.output_shift.zero_()
+        if site.site in targets:  # the input encoder has no ANN counterpart: it keeps its thresholds
+            _fit_site(site, inputs[0], targets[site.site], generator)
+            site.output_shift.zero_()
 
     def after(site: SpikingActivation, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        progress.update()
+        if site.site not in targets:
+            return output
         if bias_correction:
             achieved = output.unflatten(0, (steps, -1)).mean(dim=0)
             site.output_shift.copy_((targets[site.site] - achieved).mean(dim=(0, 2, 3)))
-        progress.update()
         return output + site.output_shift.view(1, -1, 1, 1)
 
     handles = []

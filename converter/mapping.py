@@ -23,7 +23,7 @@ from diffusers.models.unets.unet_2d_blocks import (
 )
 from torch import nn
 
-from converter.layers import SpikingActivation, SpikingAttention, SpikingResnetBlock2D
+from converter.layers import FrozenGroupNorm, SpikingActivation, SpikingAttention, SpikingResnetBlock2D
 from converter.policy import ConversionPolicy
 from sdm_errors import SdmError
 
@@ -60,13 +60,24 @@ def _site(path: str, norm: nn.Module, activation: nn.Module, policy: ConversionP
         raise UnsupportedModuleError(f"unsupported normalisation {type(norm).__name__} at {path} (only GroupNorm)")
     return SpikingActivation(
         site=path,
-        norm=norm,
+        norm=FrozenGroupNorm(norm) if policy.norm == "frozen" else norm,
         activation=activation,
+        channels=norm.num_channels,
         timesteps=policy.timesteps,
-        policy_signed=policy.negative_lobe == "signed",
-        frozen_norm=policy.norm == "frozen",
+        signed=policy.negative_lobe == "signed",
         membrane_init=policy.membrane_init,
     )
+
+
+INPUT_SITE = "conv_in.input"
+
+
+def _encode_input(conv_in: nn.Conv2d, policy: ConversionPolicy) -> nn.Sequential:
+    """Drive conv_in with signed spikes encoding the image instead of the analog image itself."""
+    encoder = SpikingActivation(site=INPUT_SITE, norm=nn.Identity(), activation=nn.Identity(),
+                                channels=conv_in.in_channels, timesteps=policy.timesteps, signed=True,
+                                membrane_init=policy.membrane_init)
+    return nn.Sequential(encoder, conv_in)
 
 
 def _convert_resnet(block: ResnetBlock2D, path: str, policy: ConversionPolicy) -> nn.Module:
@@ -116,7 +127,9 @@ def convert_unet_modules(unet: UNet2DModel, policy: ConversionPolicy) -> UNet2DM
         raise UnsupportedModuleError("unsupported UNet2DModel without conv_norm_out")
     unet.conv_norm_out = _site("conv_norm_out", unet.conv_norm_out, unet.conv_act, policy)
     unet.conv_act = nn.Identity()
-    _convert_children(unet, "", policy, done=frozenset({"conv_norm_out", "conv_act"}))
+    if policy.input_encoding == "spikes":
+        unet.conv_in = _encode_input(unet.conv_in, policy)
+    _convert_children(unet, "", policy, done=frozenset({"conv_norm_out", "conv_act", "conv_in"}))
     return unet
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from torch import nn
 
 from converter.layers import SpikingAttention, SpikingResnetBlock2D
+from converter.mapping import INPUT_SITE
 from converter.model import SpikingUNet2DModel
 
 SPIKE_DRIVEN, ANALOG_PER_STEP, ANALOG_ONCE = "spike-driven", "analog-per-step", "analog-once"
@@ -31,7 +32,10 @@ def classify_layers(snn: SpikingUNet2DModel) -> dict[str, tuple[str, str | None]
             if module.time_emb_proj is not None:
                 kinds[f"{path}.time_emb_proj"] = (ANALOG_ONCE, None)
     kinds["conv_out"] = (SPIKE_DRIVEN, "conv_norm_out")
-    kinds["conv_in"] = (ANALOG_ONCE, None)
+    if isinstance(unet.conv_in, nn.Sequential):
+        kinds["conv_in.1"] = (SPIKE_DRIVEN, INPUT_SITE)
+    else:
+        kinds["conv_in"] = (ANALOG_ONCE, None)
     for path, module in unet.named_modules():
         if path.startswith("time_embedding") and isinstance(module, (nn.Linear, nn.Conv2d)):
             kinds[path] = (ANALOG_ONCE, None)
@@ -67,7 +71,8 @@ def operations_report(snn: SpikingUNet2DModel) -> dict:
                 "on the running mean, every step" if policy.attention == "running" else "per step"
             ),
         },
-        "input_encoding": "analog current: conv_in(x) is computed once and injected every step",
+        "input_encoding": "signed spikes from IF neurons encoding x; conv_in is spike-driven"
+        if policy.input_encoding == "spikes" else "analog current: conv_in(x) is computed once and injected every step",
         "output_decoding": "time average of conv_out's currents over the T steps",
     }
 

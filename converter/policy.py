@@ -10,6 +10,7 @@ from sdm_errors import SdmError
 NEGATIVE_LOBES = ("signed", "relu")
 NORM_MODES = ("running", "frozen")
 ATTENTION_MODES = ("running", "instant")
+INPUT_ENCODINGS = ("analog", "spikes")
 THRESHOLD_METHODS = ("max", "percentile", "mse")
 GRANULARITIES = ("channel", "layer")
 
@@ -30,6 +31,8 @@ class ConversionPolicy:
     attention: "running" evaluates softmax attention on the running mean of its input (analog);
         "instant" evaluates it on each time step's input separately.
     membrane_init: initial membrane potential as a fraction of the threshold (0.5 rounds).
+    input_encoding: "analog" injects conv_in(x) as a current every step; "spikes" encodes x with
+        signed IF neurons so conv_in is spike-driven too.
     threshold_method / percentile / granularity: how thresholds come from calibration statistics.
     bias_correction: add the calibration-measured mean quantisation error back as a constant current.
     layerwise: refit thresholds and bias currents site by site on the SNN's own inputs against
@@ -42,6 +45,7 @@ class ConversionPolicy:
     norm: str = "running"
     attention: str = "running"
     membrane_init: float = 0.5
+    input_encoding: str = "analog"
     threshold_method: str = "mse"
     percentile: float = 99.9
     granularity: str = "channel"
@@ -56,6 +60,7 @@ class ConversionPolicy:
         _check_choice("negative_lobe", self.negative_lobe, NEGATIVE_LOBES)
         _check_choice("norm", self.norm, NORM_MODES)
         _check_choice("attention", self.attention, ATTENTION_MODES)
+        _check_choice("input_encoding", self.input_encoding, INPUT_ENCODINGS)
         _check_choice("threshold_method", self.threshold_method, THRESHOLD_METHODS)
         _check_choice("granularity", self.granularity, GRANULARITIES)
         if not 0.0 < self.percentile <= 100.0:

@@ -116,6 +116,8 @@ def test_from_ann_keeps_the_ann_untouched(tiny_source):
     ConversionPolicy(negative_lobe="relu"),
     ConversionPolicy(norm="frozen"),
     ConversionPolicy(attention="instant"),
+    ConversionPolicy(input_encoding="spikes"),
+    ConversionPolicy(input_encoding="spikes", layerwise=True, matching_inputs=4),
     ConversionPolicy(granularity="layer", threshold_method="percentile", percentile=99.0),
 ])
 def test_every_policy_option_converts_and_runs(tiny_source, tiny_record, policy):
@@ -123,3 +125,15 @@ def test_every_policy_option_converts_and_runs(tiny_source, tiny_record, policy)
     with torch.no_grad():
         out = snn(torch.randn(1, 3, 8, 8), 50).sample
     assert out.shape == (1, 3, 8, 8) and torch.isfinite(out).all()
+
+
+def test_spike_encoded_input_makes_conv_in_spike_driven(tiny_source, tiny_record):
+    snn = convert(tiny_source, tiny_record, ConversionPolicy(input_encoding="spikes", timesteps=64, threshold_method="max"))
+    assert classify_layers(snn)["conv_in.1"] == (SPIKE_DRIVEN, "conv_in.input")
+    assert "spike-driven" in operations_report(snn)["input_encoding"]
+    analog = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=64, threshold_method="max"))
+    x = tiny_record.inputs[:2]
+    t = tiny_record.input_timesteps[:2]
+    with torch.no_grad():
+        ref = tiny_source.unet(x, t).sample
+        assert rel_error(snn(x, t).sample, ref) < 2 * rel_error(analog(x, t).sample, ref) + 0.05
