@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from safetensors import SafetensorError, safe_open
+
 from calibration.record import CalibrationRecord
 from converter.model import SpikingUNet2DModel
 from sdm_errors import SdmError
@@ -75,9 +77,18 @@ def load_converted(folder: str | Path, device: str = "cpu") -> SpikingUNet2DMode
     if not (folder / "diffusion_pytorch_model.safetensors").is_file():
         raise ConvertedModelError(f"converted model folder {folder} has no diffusion_pytorch_model.safetensors")
     try:
+        with safe_open(str(folder / "diffusion_pytorch_model.safetensors"), framework="pt") as handle:
+            stored = set(handle.keys())
         model = SpikingUNet2DModel.from_pretrained(str(folder), low_cpu_mem_usage=False)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise ConvertedModelError(f"cannot load converted model from {folder}: {str(exc).splitlines()[0]}") from None
+    expected = set(model.state_dict())
+    if stored != expected:  # diffusers would fill gaps with random weights: refuse instead
+        missing, extra = sorted(expected - stored), sorted(stored - expected)
+        raise ConvertedModelError(
+            f"weights in {folder} do not match the model its config describes "
+            f"(missing {missing[:2]}, unexpected {extra[:2]}); re-run sdm-convert with this version"
+        )
     return model.to(device).eval()
 
 

@@ -132,3 +132,21 @@ class SpikingAttention(nn.Module):
         if self.mode == "instant":
             return self.attention(hidden_states)
         return expectation_increments(self.attention, hidden_states, self.timesteps)
+
+
+class ConstantOverTime(nn.Module):
+    """Run a module once per UNet call on an input that is the same at every SNN time step.
+
+    The spiking UNet repeats its input and timestep T times (t-major); for the analog input
+    current conv_in(x) and the timestep embedding MLP the T copies are identical, so computing
+    them once and repeating the result gives bit-identical outputs for 1/T of the work.
+    """
+
+    def __init__(self, module: nn.Module, timesteps: int) -> None:
+        super().__init__()
+        self.module = module
+        self.timesteps = timesteps
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        once = self.module(x[: x.shape[0] // self.timesteps], *args, **kwargs)
+        return once.repeat(self.timesteps, *([1] * (once.dim() - 1)))

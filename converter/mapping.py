@@ -23,7 +23,13 @@ from diffusers.models.unets.unet_2d_blocks import (
 )
 from torch import nn
 
-from converter.layers import FrozenGroupNorm, SpikingActivation, SpikingAttention, SpikingResnetBlock2D
+from converter.layers import (
+    ConstantOverTime,
+    FrozenGroupNorm,
+    SpikingActivation,
+    SpikingAttention,
+    SpikingResnetBlock2D,
+)
 from converter.policy import ConversionPolicy
 from sdm_errors import SdmError
 
@@ -129,7 +135,10 @@ def convert_unet_modules(unet: UNet2DModel, policy: ConversionPolicy) -> UNet2DM
     unet.conv_act = nn.Identity()
     if policy.input_encoding == "spikes":
         unet.conv_in = _encode_input(unet.conv_in, policy)
-    _convert_children(unet, "", policy, done=frozenset({"conv_norm_out", "conv_act", "conv_in"}))
+    else:
+        unet.conv_in = ConstantOverTime(unet.conv_in, policy.timesteps)
+    unet.time_embedding = ConstantOverTime(unet.time_embedding, policy.timesteps)
+    _convert_children(unet, "", policy, done=frozenset({"conv_norm_out", "conv_act", "conv_in", "time_embedding"}))
     return unet
 
 

@@ -23,24 +23,19 @@ SPIKE_DRIVEN, ANALOG_PER_STEP, ANALOG_ONCE = "spike-driven", "analog-per-step", 
 
 def classify_layers(snn: SpikingUNet2DModel) -> dict[str, tuple[str, str | None]]:
     """Map each Conv2d/Linear path (relative to `snn.unet`) to (kind, feeding site or None)."""
-    kinds: dict[str, tuple[str, str | None]] = {}
+    kinds: dict[str, tuple[str, str | None]] = {"conv_out": (SPIKE_DRIVEN, "conv_norm_out")}
     unet = snn.unet
     for path, module in unet.named_modules():
         if isinstance(module, SpikingResnetBlock2D):
             kinds[f"{path}.conv1"] = (SPIKE_DRIVEN, module.site1.site)
             kinds[f"{path}.conv2"] = (SPIKE_DRIVEN, module.site2.site)
-            if module.time_emb_proj is not None:
-                kinds[f"{path}.time_emb_proj"] = (ANALOG_ONCE, None)
-    kinds["conv_out"] = (SPIKE_DRIVEN, "conv_norm_out")
     if isinstance(unet.conv_in, nn.Sequential):
         kinds["conv_in.1"] = (SPIKE_DRIVEN, INPUT_SITE)
-    else:
-        kinds["conv_in"] = (ANALOG_ONCE, None)
     for path, module in unet.named_modules():
-        if path.startswith("time_embedding") and isinstance(module, (nn.Linear, nn.Conv2d)):
-            kinds[path] = (ANALOG_ONCE, None)
-        elif isinstance(module, (nn.Linear, nn.Conv2d)) and path not in kinds:
-            kinds[path] = (ANALOG_PER_STEP, None)
+        if not isinstance(module, (nn.Linear, nn.Conv2d)) or path in kinds:
+            continue
+        constant = path.startswith(("conv_in", "time_embedding")) or path.endswith("time_emb_proj")
+        kinds[path] = (ANALOG_ONCE, None) if constant else (ANALOG_PER_STEP, None)
     return kinds
 
 

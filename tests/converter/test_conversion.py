@@ -137,3 +137,30 @@ def test_spike_encoded_input_makes_conv_in_spike_driven(tiny_source, tiny_record
     with torch.no_grad():
         ref = tiny_source.unet(x, t).sample
         assert rel_error(snn(x, t).sample, ref) < 2 * rel_error(analog(x, t).sample, ref) + 0.05
+
+
+def test_work_constant_over_time_is_computed_once_with_the_same_result(tiny_source, tiny_record):
+    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=3))
+    x, t = tiny_record.inputs[:2], tiny_record.input_timesteps[:2]
+    with torch.no_grad():
+        fast = snn(x, t).sample
+        snn.unet.conv_in = snn.unet.conv_in.module  # reference path: recompute for every time step
+        snn.unet.time_embedding = snn.unet.time_embedding.module
+        reference = snn(x, t).sample
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_loading_refuses_weights_that_do_not_match_the_model(tmp_path, tiny_source, tiny_record):
+    from safetensors.torch import load_file, save_file
+
+    from converter.export import ConvertedModelError
+
+    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=2))
+    with atomic_folder(tmp_path / "snn") as staging:
+        save_converted(snn, None, staging)
+    weights = tmp_path / "snn" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(weights))
+    tensors.pop(next(k for k in tensors if "threshold_pos" in k))
+    save_file(tensors, str(weights))
+    with pytest.raises(ConvertedModelError, match="do not match"):
+        load_converted(tmp_path / "snn")

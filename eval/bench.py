@@ -1,0 +1,202 @@
+"""`python eval/bench.py`: time and memory of the SNN against its ANN, measured side by side.
+
+For each batch size the ANN and the SNN at every T are timed interleaved (ANN, SNN T1, SNN T2,
+..., repeated), so machine noise hits all of them alike; medians and spreads are reported with
+the ratio SNN / (T x ANN), the dense-simulation floor. Peak memory: CUDA's allocator peak, or on
+CPU the peak resident memory of one call in a fresh process above what it held before (VmHWM).
+Also times calibration + conversion of the source model at the default calibration size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from calibration.collect import CalibrationSettings, calibrate_data_free  # noqa: E402
+from converter.cli import resolve_device  # noqa: E402
+from converter.convert import convert  # noqa: E402
+from converter.export import atomic_folder, ensure_free_target  # noqa: E402
+from converter.model import SpikingUNet2DModel  # noqa: E402
+from converter.policy import ConversionPolicy  # noqa: E402
+from pretrained.loading import load_source_model  # noqa: E402
+from pretrained.zoo import DEFAULT_MODEL  # noqa: E402
+from sdm_errors import SdmError  # noqa: E402
+
+
+def _resident_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+@torch.no_grad()
+def measure(model, x: torch.Tensor, device: torch.device) -> tuple[float, float | None]:
+    """Seconds of one call, and on CUDA the allocator's peak above what was allocated (MiB)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    start = time.perf_counter()
+    model(x, 500)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return time.perf_counter() - start, (torch.cuda.max_memory_allocated() - before) / 2**20
+    return time.perf_counter() - start, None
+
+
+def cpu_peak_mib(ann: str, timesteps: int, batch: int, threads: int) -> float | None:
+    """Peak resident memory of one UNet call above the memory held before it, in a fresh process.
+
+    A fresh process has no freed-but-resident heap to reuse, so VmHWM (reset just before the
+    call) shows what the call itself needed. timesteps 0 means the ANN.
+    """
+    command = [sys.executable, __file__, "--memory-worker", ann, str(timesteps), str(batch), str(threads)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    try:
+        return float(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+@torch.no_grad()
+def _memory_worker(ann: str, timesteps: int, batch: int, threads: int) -> None:
+    torch.set_num_threads(max(threads, 1))
+    source = load_source_model(ann)
+    model = source.unet if timesteps == 0 else SpikingUNet2DModel.from_ann(source.unet, ConversionPolicy(timesteps=timesteps))
+    x = torch.randn(batch, source.unet.config.in_channels, source.unet.config.sample_size, source.unet.config.sample_size)
+    if not _reset_peak():
+        return
+    before = _resident_kib("VmRSS")
+    model(x, 500)
+    print((_resident_kib("VmHWM") - before) / 1024)
+
+
+def _summary(values: list[float]) -> dict:
+    ordered = sorted(values)
+    return {"median": statistics.median(ordered), "min": ordered[0], "max": ordered[-1]}
+
+
+def bench(args: argparse.Namespace) -> dict:
+    device = resolve_device(args.device)
+    timesteps = [int(v) for v in args.timesteps.split(",") if v.strip()]
+    batches = [int(v) for v in args.batch_sizes.split(",") if v.strip()]
+    if not timesteps or not batches or min(timesteps + batches) < 1 or args.repeats < 1:
+        raise SdmError("timesteps, batch sizes and repeats must be non-empty and >= 1")
+    ensure_free_target(args.out, args.overwrite)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    source = load_source_model(args.ann)
+    fingerprint = source.describe()["fingerprint"]
+    start = time.perf_counter()
+    record = calibrate_data_free(source.unet, source.scheduler_config, CalibrationSettings(), fingerprint)
+    calibrated = time.perf_counter()
+    snns = {t: convert(source, record, ConversionPolicy(timesteps=t)).to(device) for t in timesteps}
+    converted = time.perf_counter()
+    ann = source.unet.to(device)
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, ann.config.in_channels, ann.config.sample_size, ann.config.sample_size, device=device)
+        models = {"ann": ann, **{f"snn-T{t}": snns[t] for t in timesteps}}
+        for model in models.values():  # warm-up
+            measure(model, x, device)
+        times: dict[str, list[float]] = {name: [] for name in models}
+        peaks: dict[str, list[float]] = {name: [] for name in models}
+        for _ in range(args.repeats):
+            for name, model in models.items():
+                seconds, peak = measure(model, x, device)
+                times[name].append(seconds)
+                if peak is not None:
+                    peaks[name].append(peak)
+        if device.type == "cpu":
+            for name in models:
+                t = 0 if name == "ann" else int(name.split("T")[1])
+                peak = cpu_peak_mib(args.ann, t, batch, args.threads)
+                peaks[name] = [] if peak is None else [peak]
+        ann_median = statistics.median(times["ann"])
+        ann_peak = max(peaks["ann"]) if peaks["ann"] else None
+        for name in models:
+            t = 1 if name == "ann" else int(name.split("T")[1])
+            median = statistics.median(times[name])
+            peak = max(peaks[name]) if peaks[name] else None
+            rows.append({
+                "model": name, "timesteps": None if name == "ann" else t, "batch": batch,
+                "seconds_per_eval": _summary(times[name]), "seconds_per_sample_eval": median / batch,
+                "over_ann": median / ann_median, "over_T_x_ann": median / (t * ann_median),
+                "peak_mib": peak, "peak_over_ann": (peak / ann_peak) if peak and ann_peak else None,
+            })
+    result = {
+        "device": str(device), "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "calibration_seconds": calibrated - start,
+        "conversion_seconds_per_T": (converted - calibrated) / len(timesteps),
+        "rows": rows,
+    }
+    with atomic_folder(args.out, overwrite=args.overwrite) as staging:
+        (staging / "bench.json").write_text(json.dumps(result, indent=2))
+        (staging / "bench.md").write_text(markdown(result))
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# SNN vs ANN speed ({result['device']}, {result['threads']} threads, {result['repeats']} repeats)", "",
+             f"Calibration (default size) {result['calibration_seconds']:.1f} s; conversion "
+             f"{result['conversion_seconds_per_T']:.1f} s per T.", "",
+             "| model | batch | s / eval (median) | min–max | SNN/ANN | SNN/(T·ANN) | peak MiB | peak / ANN |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in result["rows"]:
+        s = r["seconds_per_eval"]
+        peak = "—" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+        ratio = "—" if r["peak_over_ann"] is None else f"{r['peak_over_ann']:.2f}"
+        lines.append(f"| {r['model']} | {r['batch']} | {s['median']:.3f} | {s['min']:.3f}–{s['max']:.3f} | "
+                     f"{r['over_ann']:.2f} | {r['over_T_x_ann']:.2f} | {peak} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--memory-worker"]:
+        _memory_worker(argv[1], int(argv[2]), int(argv[3]), int(argv[4]))
+        return 0
+    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.splitlines()[0])
+    p.add_argument("--ann", default=DEFAULT_MODEL)
+    p.add_argument("--timesteps", default="1,2,4,8")
+    p.add_argument("--batch-sizes", default="1,16")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--overwrite", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        result = bench(args)
+    except SdmError as exc:
+        print(f"bench.py: error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown(result))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
