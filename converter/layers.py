@@ -14,6 +14,7 @@ nonlinearity sees the same average the ANN would, not one noisy time step.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from converter.neurons import SignedIFNode
@@ -120,7 +121,12 @@ class SpikingResnetBlock2D(nn.Module):
 
 
 class SpikingAttention(nn.Module):
-    """Softmax self-attention kept analog, on the running mean ("running") or per step ("instant")."""
+    """Softmax self-attention kept analog, on the running mean ("running") or per step ("instant").
+
+    The attention arithmetic is written out here (the same as diffusers' AttnProcessor2_0 for a
+    spatial self-attention block) with shape-agnostic reshapes, so exported graphs keep a
+    dynamic batch; the mapping refuses attention variants this does not cover.
+    """
 
     def __init__(self, attention: nn.Module, timesteps: int, mode: str) -> None:
         super().__init__()
@@ -128,10 +134,25 @@ class SpikingAttention(nn.Module):
         self.timesteps = timesteps
         self.mode = mode
 
+    def self_attention(self, x: torch.Tensor) -> torch.Tensor:
+        attn = self.attention
+        channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+        tokens = x.flatten(2).transpose(1, 2)  # [B, HW, C]
+        if attn.group_norm is not None:
+            tokens = attn.group_norm(tokens.transpose(1, 2)).transpose(1, 2)
+        q, k, v = attn.to_q(tokens), attn.to_k(tokens), attn.to_v(tokens)
+        heads = attn.heads
+        q, k, v = (y.unflatten(2, (heads, -1)).transpose(1, 2) for y in (q, k, v))
+        mixed = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        out = attn.to_out[1](attn.to_out[0](mixed)).transpose(1, 2).unflatten(2, (height, width))
+        if attn.residual_connection:
+            out = out + x
+        return out / attn.rescale_output_factor
+
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.mode == "instant":
-            return self.attention(hidden_states)
-        return expectation_increments(self.attention, hidden_states, self.timesteps)
+            return self.self_attention(hidden_states)
+        return expectation_increments(self.self_attention, hidden_states, self.timesteps)
 
 
 class ConstantOverTime(nn.Module):

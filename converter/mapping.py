@@ -99,8 +99,17 @@ def _convert_resnet(block: ResnetBlock2D, path: str, policy: ConversionPolicy) -
 
 
 def _convert_attention(attention: Attention, path: str, policy: ConversionPolicy) -> nn.Module:
-    if getattr(attention, "spatial_norm", None) is not None or getattr(attention, "is_cross_attention", False):
-        raise UnsupportedModuleError(f"unsupported Attention variant (spatial norm or cross-attention) at {path}")
+    unsupported = {
+        "spatial norm": attention.spatial_norm is not None,
+        "cross-attention": attention.is_cross_attention,
+        "q/k normalisation": attention.norm_q is not None or attention.norm_k is not None,
+        "custom scale": abs(attention.scale - attention.inner_dim ** -0.5 * attention.heads ** 0.5) > 1e-12
+        if attention.scale_qk else True,
+        "added key/value projections": getattr(attention, "add_k_proj", None) is not None,
+    }
+    found = [name for name, present in unsupported.items() if present]
+    if found:
+        raise UnsupportedModuleError(f"unsupported Attention variant ({', '.join(found)}) at {path}")
     return SpikingAttention(attention, policy.timesteps, policy.attention)
 
 

@@ -164,3 +164,14 @@ def test_loading_refuses_weights_that_do_not_match_the_model(tmp_path, tiny_sour
     save_file(tensors, str(weights))
     with pytest.raises(ConvertedModelError, match="do not match"):
         load_converted(tmp_path / "snn")
+
+
+@pytest.mark.parametrize("head_dim", [None, 8])
+def test_written_out_attention_equals_diffusers_attention(head_dim):
+    from converter.layers import SpikingAttention
+    from tests.conftest import make_tiny_unet
+
+    attention = make_tiny_unet(attention_head_dim=head_dim).down_blocks[1].attentions[0]
+    x = torch.randn(3, 32, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(SpikingAttention(attention, 1, "instant")(x), attention(x), rtol=1e-5, atol=1e-6)
