@@ -169,5 +169,5 @@ class ConstantOverTime(nn.Module):
         self.timesteps = timesteps
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        once = self.module(x[: x.shape[0] // self.timesteps], *args, **kwargs)
+        once = self.module(x.unflatten(0, (self.timesteps, -1))[0], *args, **kwargs)
         return once.repeat(self.timesteps, *([1] * (once.dim() - 1)))

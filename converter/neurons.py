@@ -68,22 +68,22 @@ class SignedIFNode(SimpleBaseNode):
         return self._inference_steps(x_seq)
 
     def _inference_steps(self, x_seq: torch.Tensor) -> torch.Tensor:
-        """The same dynamics without autograd bookkeeping: thresholds broadcast once, in place."""
+        """The same dynamics without autograd bookkeeping: thresholds broadcast once per call."""
         theta_pos, theta_neg = self._thresholds(x_seq[0])
         margin = 1.0 - self.membrane_init
         fire_pos, fire_neg = margin * theta_pos, -margin * theta_neg
-        v = torch.zeros_like(x_seq[0]) + self.v
-        out = torch.empty_like(x_seq)
-        for t in range(x_seq.shape[0]):
-            v.add_(x_seq[t])
+        v = self.v  # a float after reset, so the first step starts from x itself (keeps traced shapes dynamic)
+        outputs = []
+        for x in x_seq:
+            v = x + v
             weighted = torch.where(v >= fire_pos, theta_pos, 0.0)
             if self.signed:
                 weighted = torch.where(v <= fire_neg, -theta_neg, weighted)
-            v.sub_(weighted)
-            out[t] = weighted
+            v = v - weighted
+            outputs.append(weighted)
             self._count(weighted)
         self.v = v
-        return out
+        return torch.stack(outputs)
 
     def _count(self, weighted: torch.Tensor) -> None:
         if self.monitor:

@@ -1,0 +1,65 @@
+"""`sdm-export`: converted SNN folders to formats other runtimes read (ONNX; NIR where it can)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from converter.export import load_converted
+from converter.nir_export import export_nir
+from converter.onnx_export import export_onnx
+from pretrained.loading import load_source_model
+from sdm_errors import SdmError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdm-export", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="format", required=True)
+    onnx = sub.add_parser("onnx", help="whole spiking UNet, T steps unrolled, verified with onnxruntime")
+    onnx.add_argument("--snn", type=Path, required=True, help="converted model folder (from sdm-convert)")
+    onnx.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    onnx.add_argument("--ann", default=None, help="also export this source ANN (path or embedded name) for comparison")
+    onnx.add_argument("--ann-out", type=Path, default=None, help="where to write the ANN's ONNX (default: beside --out)")
+    onnx.add_argument("--report", type=Path, default=None, help="export report JSON (default: <out>.json)")
+    nir = sub.add_parser("nir", help="NIR graph for neuromorphic tools; refused for UNets, naming what NIR cannot express")
+    nir.add_argument("--snn", type=Path, required=True)
+    nir.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    snn = load_converted(args.snn)
+    shape = (snn.config.in_channels, snn.config.sample_size, snn.config.sample_size)
+    if args.format == "nir":
+        export_nir(snn, args.out)
+    report = {"snn": export_onnx(snn, args.out, shape), "snn_folder": str(args.snn), "timesteps": snn.timesteps}
+    if args.ann is not None:
+        ann_out = args.ann_out or args.out.with_name(args.out.stem + "-ann.onnx")
+        report["ann"] = export_onnx(load_source_model(args.ann).unet, ann_out, shape)
+    report_path = args.report or args.out.with_suffix(".json")
+    report_path.write_text(json.dumps(report, indent=2))
+    report["report"] = str(report_path)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = run(args)
+    except SdmError as exc:
+        print(f"sdm-export: error: {exc}", file=sys.stderr)
+        return 2
+    for name in ("snn", "ann"):
+        if name in report:
+            part = report[name]
+            print(f"{name}: {part['path']} ({part['bytes'] / 2**20:.1f} MiB), max |ORT - PyTorch| / scale "
+                  f"{part['max_relative_difference']:.2e}, s/eval PyTorch {part['seconds_per_eval']['pytorch']:.3f} "
+                  f"vs onnxruntime {part['seconds_per_eval']['onnxruntime']:.3f}")
+    print(f"report: {report['report']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
