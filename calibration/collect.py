@@ -98,6 +98,15 @@ def _run_with_collectors(unet: UNet2DModel, settings: CalibrationSettings, feed)
     return stats, visited
 
 
+def _record(unet: UNet2DModel, settings: CalibrationSettings, feed, source_fingerprint: str, description: str,
+            seen_x: list[torch.Tensor], seen_t: list[torch.Tensor]) -> CalibrationRecord:
+    """Run `feed` under the collectors and package the statistics with their provenance."""
+    sites, visited = _run_with_collectors(unet, settings, feed)
+    meta = {"source_fingerprint": source_fingerprint, "inputs": description, "diffusion_timesteps": visited,
+            **settings.__dict__}
+    return CalibrationRecord(sites=sites, meta=meta, inputs=torch.cat(seen_x), input_timesteps=torch.cat(seen_t))
+
+
 @torch.no_grad()
 def calibrate_data_free(
     unet: UNet2DModel,
@@ -128,14 +137,8 @@ def calibrate_data_free(
         progress.close()
         return [int(t) for t in scheduler.timesteps]
 
-    sites, visited = _run_with_collectors(unet, settings, feed)
-    meta = {
-        "source_fingerprint": source_fingerprint,
-        "inputs": "data-free: x_t along the ANN's DDIM (eta 0) trajectories from Gaussian noise",
-        "diffusion_timesteps": visited,
-        **settings.__dict__,
-    }
-    return CalibrationRecord(sites=sites, meta=meta, inputs=torch.cat(seen_x), input_timesteps=torch.cat(seen_t))
+    description = "data-free: x_t along the ANN's DDIM (eta 0) trajectories from Gaussian noise"
+    return _record(unet, settings, feed, source_fingerprint, description, seen_x, seen_t)
 
 
 @torch.no_grad()
@@ -168,11 +171,5 @@ def calibrate_from_data(
         progress.close()
         return [int(t) for t in timesteps]
 
-    sites, visited = _run_with_collectors(unet, settings, feed)
-    meta = {
-        "source_fingerprint": source_fingerprint,
-        "inputs": "data: x_t ~ q(x_t | x_0) from real images",
-        "diffusion_timesteps": visited,
-        **settings.__dict__,
-    }
-    return CalibrationRecord(sites=sites, meta=meta, inputs=torch.cat(seen_x), input_timesteps=torch.cat(seen_t))
+    description = "data: x_t ~ q(x_t | x_0) from real images"
+    return _record(unet, settings, feed, source_fingerprint, description, seen_x, seen_t)

@@ -30,7 +30,7 @@ from eval.images import psnr, save_grid_rows, to_uint8
 from eval.sampling import SAMPLERS, as_eps_function, initial_noise, run_sampler
 from pretrained.loading import load_source_model
 from pretrained.zoo import DEFAULT_MODEL
-from sdm_errors import SdmError
+from sdm_errors import SdmError, run_reporting_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,11 +194,9 @@ def fidelity_check(source, snn, args: argparse.Namespace, folder: Path, device: 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        summary = run(args)
-    except SdmError as exc:
-        print(f"sdm-convert: error: {exc}", file=sys.stderr)
-        return 2
+    summary, code = run_reporting_errors("sdm-convert", lambda: run(args))
+    if code:
+        return code
     print(f"wrote {summary['out']}")
     fidelity = summary.get("fidelity")
     if fidelity:

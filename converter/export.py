@@ -91,7 +91,3 @@ def load_converted(folder: str | Path, device: str = "cpu") -> SpikingUNet2DMode
         )
     return model.to(device).eval()
 
-
-def load_record_beside(folder: str | Path) -> CalibrationRecord:
-    """The calibration record saved with a converted model (for sweeps that re-threshold it)."""
-    return CalibrationRecord.load(Path(folder))

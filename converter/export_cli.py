@@ -11,7 +11,7 @@ from converter.export import load_converted
 from converter.nir_export import export_nir
 from converter.onnx_export import export_onnx
 from pretrained.loading import load_source_model
-from sdm_errors import SdmError
+from sdm_errors import run_reporting_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,11 +46,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        report = run(args)
-    except SdmError as exc:
-        print(f"sdm-export: error: {exc}", file=sys.stderr)
-        return 2
+    report, code = run_reporting_errors("sdm-export", lambda: run(args))
+    if code:
+        return code
     for name in ("snn", "ann"):
         if name in report:
             part = report[name]

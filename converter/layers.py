@@ -136,7 +136,7 @@ class SpikingAttention(nn.Module):
 
     def self_attention(self, x: torch.Tensor) -> torch.Tensor:
         attn = self.attention
-        channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+        height, width = x.shape[2], x.shape[3]
         tokens = x.flatten(2).transpose(1, 2)  # [B, HW, C]
         if attn.group_norm is not None:
             tokens = attn.group_norm(tokens.transpose(1, 2)).transpose(1, 2)

@@ -18,10 +18,11 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 from spikingjelly.activation_based import functional
 
 from calibration.thresholds import SiteThresholds
-from converter.layers import FrozenGroupNorm, SpikingActivation, SpikingAttention
+from converter.layers import FrozenGroupNorm, SpikingActivation
 from converter.mapping import convert_unet_modules
 from converter.neurons import SignedIFNode
 from converter.policy import ConversionPolicy
+from converter.tsm import enable_tsm
 
 
 class SpikingUNet2DModel(ModelMixin, ConfigMixin):
@@ -38,8 +39,13 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
         sample_size: int | None = None,
         in_channels: int | None = None,
         out_channels: int | None = None,
+        tsm: bool = False,
     ) -> None:
-        """`sample_size`/`in_channels`/`out_channels` mirror the source config for pipelines."""
+        """`sample_size`/`in_channels`/`out_channels` mirror the source config for pipelines.
+
+        `tsm`: the model carries learnable per-step TSM factors (converter/tsm.py); they are
+        created here so that their saved values load into them.
+        """
         super().__init__()
         source = UNet2DModel(**{k: v for k, v in source_config.items() if not k.startswith("_")})
         self.policy = ConversionPolicy.from_dict(policy)
@@ -50,6 +56,8 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
             in_channels=source.config.in_channels,
             out_channels=source.config.out_channels,
         )
+        if tsm:
+            enable_tsm(self)
 
     @classmethod
     def from_ann(cls, ann: UNet2DModel, policy: ConversionPolicy, provenance: dict[str, Any] | None = None) -> "SpikingUNet2DModel":

@@ -30,7 +30,7 @@ from converter.model import SpikingUNet2DModel  # noqa: E402
 from converter.policy import ConversionPolicy  # noqa: E402
 from pretrained.loading import load_source_model  # noqa: E402
 from pretrained.zoo import DEFAULT_MODEL  # noqa: E402
-from sdm_errors import SdmError  # noqa: E402
+from sdm_errors import SdmError, run_reporting_errors  # noqa: E402
 
 
 def _resident_kib(field: str) -> int | None:
@@ -188,11 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
-    try:
-        result = bench(args)
-    except SdmError as exc:
-        print(f"bench.py: error: {exc}", file=sys.stderr)
-        return 2
+    result, code = run_reporting_errors("bench.py", lambda: bench(args))
+    if code:
+        return code
     print(markdown(result))
     print(f"wrote {args.out}")
     return 0

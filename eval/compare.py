@@ -15,8 +15,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-
 from converter.export import atomic_folder, ensure_free_target, load_converted  # noqa: E402
 from eval.images import save_grid_rows, save_npz_images, to_uint8  # noqa: E402
 from eval.paired import PairedSettings, check_same_source, measure_snn, sample_ann  # noqa: E402
@@ -25,7 +23,7 @@ from eval.report import FidContext, write_markdown  # noqa: E402
 from eval.sampling import SAMPLERS  # noqa: E402
 from pretrained.loading import load_source_model  # noqa: E402
 from pretrained.zoo import DEFAULT_MODEL  # noqa: E402
-from sdm_errors import SdmError  # noqa: E402
+from sdm_errors import SdmError, run_reporting_errors  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,11 +116,9 @@ def _report(args: argparse.Namespace, source, runs: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        report = ann_vs_snn(args)
-    except SdmError as exc:
-        print(f"compare.py: error: {exc}", file=sys.stderr)
-        return 2
+    report, code = run_reporting_errors("compare.py", lambda: ann_vs_snn(args))
+    if code:
+        return code
     for run in report["runs"]:
         fid = run["fid"]
         fid_text = f", FID SNN vs ANN {fid['snn_vs_ann']:.2f}" if fid["snn_vs_ann"] is not None else ""

@@ -37,7 +37,6 @@ def count_operations(snn: SpikingUNet2DModel) -> OperationCounts:
     layer_macs: dict[str, float] = {}
     site_elements: dict[str, float] = {}
     attention = [0.0]
-    steps = snn.timesteps
     handles = []
 
     def on_layer(path: str):

@@ -28,7 +28,7 @@ from eval.plots import plot_metric_curves  # noqa: E402
 from eval.sampling import SAMPLERS  # noqa: E402
 from pretrained.loading import load_source_model  # noqa: E402
 from pretrained.zoo import DEFAULT_MODEL  # noqa: E402
-from sdm_errors import SdmError  # noqa: E402
+from sdm_errors import SdmError, run_reporting_errors  # noqa: E402
 
 COLUMNS = ["method", "percentile", "timesteps", "threshold_scale", "psnr_db", "eps_rel_l2", "eps_cosine",
            "spike_rate", "energy_snn_over_ann", "time_snn_over_ann"]
@@ -151,11 +151,9 @@ def _write(rows: list[dict], folder: Path, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        rows = sweep(args)
-    except SdmError as exc:
-        print(f"sweep.py: error: {exc}", file=sys.stderr)
-        return 2
+    rows, code = run_reporting_errors("sweep.py", lambda: sweep(args))
+    if code:
+        return code
     for row in rows:
         print(", ".join(f"{c}={row[c]:.4g}" if isinstance(row[c], float) else f"{c}={row[c]}" for c in COLUMNS))
     print(f"wrote {args.out}")

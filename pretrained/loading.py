@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import UNet2DModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -181,7 +181,3 @@ def _build_unet(config: dict[str, Any], state_dict: dict[str, torch.Tensor], whe
     unet.load_state_dict({k: v.float() for k, v in state_dict.items()})
     return unet
 
-
-def make_scheduler(scheduler_config: dict[str, Any]) -> DDPMScheduler:
-    """The training-time noise schedule of a source model, as a diffusers scheduler."""
-    return DDPMScheduler.from_config(scheduler_config)

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from converter.cli import main as convert_main
 from eval.compare import main as compare_main
