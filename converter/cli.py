@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration.collect import CalibrationSettings, calibrate_data_free
+from calibration.collect import CalibrationSettings, calibrate_data_free, calibrate_from_data
 from calibration.record import CalibrationRecord
 from converter.convert import convert
 from converter.export import atomic_folder, ensure_free_target, save_converted
@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     calib.add_argument("--calib-samples", type=int, default=8, help="DDIM trajectories of the ANN (default 8)")
     calib.add_argument("--calib-steps", type=int, default=10, help="DDIM steps per trajectory (default 10)")
     calib.add_argument("--calib-batch-size", type=int, default=8, help="batch size of calibration (default 8)")
+    calib.add_argument("--calib-data", type=Path, default=None,
+                       help="calibrate on real images (folder or zip) noised by q(x_t | x_0) instead of data-free "
+                            "DDIM trajectories; --calib-samples images at --calib-steps timesteps each")
+    calib.add_argument("--calib-split", default=None, help="only images under this path component (e.g. train)")
 
     thresholds = parser.add_argument_group("thresholds")
     thresholds.add_argument("--threshold-method", choices=THRESHOLD_METHODS, default="mse",
@@ -121,6 +125,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def calibration_images(args: argparse.Namespace, source) -> torch.Tensor:
+    """Real images in [-1, 1], NCHW, at the model's resolution, seeded subset of --calib-samples."""
+    from eval.image_data import ImageSource
+
+    size = source.unet.config.sample_size
+    images = ImageSource(args.calib_data, split=args.calib_split, limit=args.calib_samples, resolution=size).load()
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
 def run(args: argparse.Namespace) -> dict:
     policy = policy_from_args(args)
     device = resolve_device(args.device)
@@ -130,6 +143,7 @@ def run(args: argparse.Namespace) -> dict:
     out = args.out or Path("runs") / f"{Path(str(args.checkpoint)).name}-T{policy.timesteps}"
     check_convertible(source.unet, policy)
     ensure_free_target(out, args.overwrite)
+    images = calibration_images(args, source) if args.calib_data is not None and args.record is None else None
     fingerprint = source.describe()["fingerprint"]
     print(f"source: {source.origin} ({source.format}, weights: {source.weights})", file=sys.stderr)
     source.unet.to(device)
@@ -141,7 +155,10 @@ def run(args: argparse.Namespace) -> dict:
     else:
         settings = CalibrationSettings(num_samples=args.calib_samples, steps=args.calib_steps, seed=args.seed,
                                        batch_size=args.calib_batch_size)
-        record = calibrate_data_free(source.unet, source.scheduler_config, settings, fingerprint, device)
+        if images is not None:
+            record = calibrate_from_data(source.unet, source.scheduler_config, images, settings, fingerprint, device)
+        else:
+            record = calibrate_data_free(source.unet, source.scheduler_config, settings, fingerprint, device)
     calibrated = time.perf_counter()
     snn = convert(source, record, policy, device)
     converted = time.perf_counter()

@@ -112,3 +112,28 @@ def test_console_script_prints_one_line_and_no_traceback(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+def test_calibrates_from_real_images_when_given_data(tmp_path, tiny_folder, capsys):
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    archive = tmp_path / "images.zip"
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(4):
+            path = tmp_path / f"{i}.png"
+            Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(path)
+            zf.write(path, f"set/train/{i}.png")
+    out = tmp_path / "snn"
+    assert main(["--checkpoint", str(tiny_folder), "--calib-data", str(archive), "--calib-split", "train",
+                 "--calib-samples", "3", "--calib-steps", "2", "--eval-samples", "0", "--out", str(out)]) == 0
+    meta = json.loads((out / "calibration.json").read_text())
+    assert meta["inputs"].startswith("data:") and len(meta["diffusion_timesteps"]) == 2
+
+
+def test_calibration_data_without_images_is_refused(tmp_path, tiny_folder, capsys):
+    (tmp_path / "empty").mkdir()
+    refused(capsys, ["--checkpoint", str(tiny_folder), "--calib-data", str(tmp_path / "empty")], tmp_path, "no images")
