@@ -126,7 +126,7 @@ class InceptionFeatures:
         return self.network(_inception_input(images, self.device)).double().cpu().numpy()
 
     def features(self, batches: Iterable[np.ndarray], total: int | None = None) -> Iterator[np.ndarray]:
-        """Yield float64 B×2048 features for each incoming uint8 batch (streaming, low memory)."""
+        """Yield float64 B×2048 features per chunk of <= batch_size images (streaming, low memory)."""
         with tqdm(total=total, unit="img", desc="Inception features", disable=not self.progress,
                   dynamic_ncols=True) as bar:
             for batch in batches:
