@@ -20,16 +20,24 @@ class FidContext:
         self.extractor = InceptionFeatures(device=device)
         self.reference = reference
         self.ann_stats = FeatureStats.from_features(self.extractor(ann_images))
-        self.ann_images = ann_images
+        self.device = device
         self.is_available, self.is_reason = inception_score_available()
+        self.ann_is = self._inception_score(ann_images)
 
     @staticmethod
     def not_computed(num_samples: int) -> dict[str, Any]:
         return {"ann": None, "snn": None, "snn_vs_ann": None, "reference": None, "num_samples": num_samples,
                 "inception_score": None}
 
+    def _inception_score(self, images: np.ndarray) -> float | None:
+        from eval.fid import inception_score
+
+        if not self.is_available or len(images) < 10:
+            return None
+        return inception_score(images, device=self.device)[0]
+
     def section(self, snn_images: np.ndarray) -> dict[str, Any]:
-        from eval.fid import FeatureStats, fid_from_stats, inception_score
+        from eval.fid import FeatureStats, fid_from_stats
 
         snn_stats = FeatureStats.from_features(self.extractor(snn_images))
         ref = self.reference
@@ -40,8 +48,9 @@ class FidContext:
             "reference": None if ref is None else {"source": ref.source, "split": ref.split, "count": ref.count},
             "num_samples": len(snn_images),
         }
-        if self.is_available and len(snn_images) >= 10:
-            section["inception_score"] = {"ann": inception_score(self.ann_images)[0], "snn": inception_score(snn_images)[0]}
+        snn_is = self._inception_score(snn_images)
+        if snn_is is not None and self.ann_is is not None:
+            section["inception_score"] = {"ann": self.ann_is, "snn": snn_is}
         else:
             section["inception_score"] = None
             section["inception_score_note"] = self.is_reason if not self.is_available else "needs >= 10 samples"
