@@ -26,6 +26,7 @@ from pytorch_fid.inception import FID_WEIGHTS_URL, fid_inception_v3
 from tqdm import tqdm
 
 from eval.image_data import ImageSource
+from eval.images import check_uint8_nhwc
 from sdm_errors import SdmError
 
 FEATURE_DIM = 2048
@@ -88,11 +89,7 @@ def tf_bilinear_resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def _check_images(images: np.ndarray) -> None:
     """Refuse anything but uint8 N×H×W×3 (the FID input convention of this package)."""
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        raise SdmError(f"Inception input must be a uint8 numpy array, got "
-                       f"{type(images).__name__} {getattr(images, 'dtype', '')}".rstrip())
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise SdmError(f"Inception input must have shape N×H×W×3, got {images.shape}")
+    check_uint8_nhwc(images, "Inception input")
 
 
 def _inception_input(images: np.ndarray, device: torch.device) -> torch.Tensor:

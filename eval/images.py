@@ -18,7 +18,7 @@ from sdm_errors import SdmError
 PEAK = 255.0
 
 
-def _check_uint8_nhwc(images: np.ndarray, what: str) -> None:
+def check_uint8_nhwc(images: np.ndarray, what: str) -> None:
     """Refuse anything but a uint8 N×H×W×3 array, with a message naming ``what``."""
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
         raise SdmError(f"{what} must be a uint8 numpy array, got {type(images).__name__} "
@@ -76,7 +76,7 @@ def save_grid_rows(rows: list[np.ndarray], path: str | Path, labels: list[str] |
     if not rows:
         raise SdmError("save_grid_rows needs at least one row of images")
     for i, row in enumerate(rows):
-        _check_uint8_nhwc(row, f"grid row {i}")
+        check_uint8_nhwc(row, f"grid row {i}")
     size = rows[0].shape[1:3]
     if any(row.shape[1:3] != size for row in rows):
         raise SdmError(f"grid rows must share one image size, got {[r.shape[1:3] for r in rows]}")
@@ -112,7 +112,7 @@ def save_grid_rows(rows: list[np.ndarray], path: str | Path, labels: list[str] |
 
 def save_npz_images(path: str | Path, images: np.ndarray) -> Path:
     """Save a uint8 N×H×W×3 batch under key ``images`` at exactly ``path`` (no suffix added)."""
-    _check_uint8_nhwc(images, "images")
+    check_uint8_nhwc(images, "images")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "wb") as handle:
