@@ -20,15 +20,33 @@ from torch import nn
 from converter.neurons import SignedIFNode
 
 
+def _functional() -> bool:
+    """Out-of-place arithmetic is needed for autograd and for graph tracing (ONNX export);
+    otherwise the sites work in place on buffers they own."""
+    return torch.is_grad_enabled() or torch.jit.is_tracing()
+
+
 def _time_index(timesteps: int, like: torch.Tensor) -> torch.Tensor:
     """1, 2, ..., T shaped to broadcast over a [T, B, ...] sequence."""
     return torch.arange(1, timesteps + 1, device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
 
 def expectation_increments(fn, x: torch.Tensor, timesteps: int) -> torch.Tensor:
-    """Per-step increments of t * fn(running mean of x) for x of shape [T*B, ...]."""
+    """Per-step increments of t * fn(running mean of x) for x of shape [T*B, ...].
+
+    Outside autograd and tracing the same arithmetic runs in place (one running-mean and one output
+    buffer per call, not five), which keeps the site's memory traffic near the ANN's.
+    """
     seq = x.unflatten(0, (timesteps, -1))
     t = _time_index(timesteps, seq)
+    if not _functional():
+        running = seq.clone()
+        for step in range(1, timesteps):  # what cumsum computes, without its slow strided kernel
+            running[step].add_(running[step - 1])
+        accumulated = fn(running.div_(t).flatten(0, 1)).unflatten(0, (timesteps, -1)).mul_(t)
+        for step in range(timesteps - 1, 0, -1):  # backwards, so each step still sees its predecessor
+            accumulated[step].sub_(accumulated[step - 1])
+        return accumulated.flatten(0, 1)
     running = seq.cumsum(dim=0) / t
     accumulated = fn(running.flatten(0, 1)).unflatten(0, (timesteps, -1)) * t
     increments = accumulated.clone()
@@ -85,14 +103,25 @@ class SpikingActivation(nn.Module):
         scale = self.neuron.threshold_scale
         high = self.neuron.threshold_pos.view(shape) * scale
         low = -self.neuron.threshold_neg.view(shape) * scale
-        return torch.clamp(self.activation(z), min=low, max=high)
+        if _functional():
+            return torch.clamp(self.activation(z), min=low, max=high)
+        return self.activation(z).clamp_(min=low, max=high)
 
-    def forward(self, current: torch.Tensor) -> torch.Tensor:
+    def drive_sequence(self, current: torch.Tensor) -> torch.Tensor:
+        """The neuron's input at each SNN step, [T, B, ...], for a [T*B, ...] input current."""
         drive = expectation_increments(self.drive, current, self.timesteps).unflatten(0, (self.timesteps, -1))
         if self.tsm is not None:
             drive = drive * self.tsm.view(-1, *([1] * (drive.dim() - 1)))
-        spikes = self.neuron(drive).flatten(0, 1)
-        return spikes + self.output_shift.view(1, -1, *([1] * (spikes.dim() - 2)))
+        return drive
+
+    def forward(self, current: torch.Tensor) -> torch.Tensor:
+        drive = self.drive_sequence(current)
+        if _functional():
+            spikes = self.neuron(drive).flatten(0, 1)
+        else:
+            spikes = self.neuron.inference_steps(drive, in_place=True).flatten(0, 1)
+        shift = self.output_shift.view(1, -1, *([1] * (spikes.dim() - 2)))
+        return spikes + shift if _functional() else spikes.add_(shift)
 
 
 class SpikingResnetBlock2D(nn.Module):

@@ -124,9 +124,12 @@ def match_layerwise(
     for site in sites.values():
         handles.append(site.register_forward_pre_hook(before))
         handles.append(site.register_forward_hook(after))
+    chosen = snn.inputs_per_pass
+    snn.set_inputs_per_pass(len(x))  # one pass: the hooks fit each site on all inputs at once
     try:
         snn(x, t)
     finally:
+        snn.set_inputs_per_pass(chosen)
         for handle in handles:
             handle.remove()
         progress.close()

@@ -56,6 +56,7 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
             in_channels=source.config.in_channels,
             out_channels=source.config.out_channels,
         )
+        self.inputs_per_pass: int | None = None
         if tsm:
             enable_tsm(self)
 
@@ -112,6 +113,23 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
             neuron.monitor = enabled
             neuron.reset_monitor()
 
+    def set_inputs_per_pass(self, inputs: int | None) -> None:
+        """How many inputs one stacked pass simulates (each as T rows); None: ceil(batch / T).
+
+        The default keeps a pass at about the batch's own row count, so the SNN's working memory
+        stays near the ANN's at the same batch and convolutions see the batch size the ANN runs
+        at; a larger value trades memory for fewer, larger passes (useful on a GPU at small batch).
+        """
+        if inputs is not None and inputs < 1:
+            raise ValueError(f"inputs per pass must be >= 1, got {inputs}")
+        self.inputs_per_pass = inputs
+
+    def _pass_size(self, batch: int) -> int:
+        if torch.jit.is_tracing():  # one pass, so an exported graph keeps its batch dimension dynamic
+            return batch
+        chosen = self.inputs_per_pass
+        return chosen if chosen is not None else max(1, -(-batch // self.timesteps))
+
     def forward(
         self,
         sample: torch.Tensor,
@@ -119,16 +137,31 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
         class_labels: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> UNet2DOutput | tuple[torch.Tensor]:
-        """Predict like the source UNet: T time steps, output averaged over them."""
-        steps, batch = self.timesteps, sample.shape[0]
+        """Predict like the source UNet: T time steps, output averaged over them.
+
+        The batch runs in passes of `inputs_per_pass` inputs; each pass starts from reset
+        neurons, so the result does not depend on how the batch is split.
+        """
+        batch = sample.shape[0]
         timesteps = torch.as_tensor(timestep, device=sample.device)
         timesteps = timesteps.reshape(-1).expand(batch) if timesteps.numel() == 1 else timesteps
+        size = self._pass_size(batch)
+        predictions = [
+            self._simulate(sample[start:start + size], timesteps[start:start + size],
+                           None if class_labels is None else class_labels[start:start + size])
+            for start in range(0, batch, size)
+        ]
+        prediction = predictions[0] if len(predictions) == 1 else torch.cat(predictions)
+        return UNet2DOutput(sample=prediction) if return_dict else (prediction,)
+
+    def _simulate(self, sample: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+        """One stacked pass: T time steps folded into the batch (t-major), from reset state."""
+        steps, batch = self.timesteps, sample.shape[0]
         functional.reset_net(self)
         out = self.unet(
             sample.repeat(steps, *([1] * (sample.dim() - 1))),
             timesteps.repeat(steps),
-            class_labels=class_labels,
+            class_labels=None if class_labels is None else class_labels.repeat(steps),
             return_dict=False,
         )[0]
-        prediction = out.unflatten(0, (steps, batch)).mean(dim=0)
-        return UNet2DOutput(sample=prediction) if return_dict else (prediction,)
+        return out.unflatten(0, (steps, batch)).mean(dim=0)

@@ -42,6 +42,13 @@ class SignedIFNode(SimpleBaseNode):
         scale = self.threshold_scale
         return self.threshold_pos.view(shape) * scale, self.threshold_neg.view(shape) * scale
 
+    def firing_levels(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(theta_pos, theta_neg, fire_pos, fire_neg) shaped like one step: a spike of +theta_pos
+        fires when the (shifted) membrane reaches fire_pos, one of -theta_neg at fire_neg."""
+        theta_pos, theta_neg = self._thresholds(like)
+        margin = 1.0 - self.membrane_init
+        return theta_pos, theta_neg, margin * theta_pos, -margin * theta_neg
+
     def neuronal_charge(self, x: torch.Tensor) -> None:
         self.v = self.v + x
 
@@ -65,25 +72,30 @@ class SignedIFNode(SimpleBaseNode):
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             return super().multi_step_forward(x_seq)
-        return self._inference_steps(x_seq)
+        return self.inference_steps(x_seq, in_place=False)
 
-    def _inference_steps(self, x_seq: torch.Tensor) -> torch.Tensor:
-        """The same dynamics without autograd bookkeeping: thresholds broadcast once per call."""
-        theta_pos, theta_neg = self._thresholds(x_seq[0])
-        margin = 1.0 - self.membrane_init
-        fire_pos, fire_neg = margin * theta_pos, -margin * theta_neg
+    def inference_steps(self, x_seq: torch.Tensor, in_place: bool) -> torch.Tensor:
+        """The autograd path's arithmetic without autograd bookkeeping.
+
+        in_place: write each step's spikes over that step's drive once the membrane has taken it
+        in (x_seq is consumed and returned as the spikes): no per-step buffers, for the owner of a
+        fresh drive tensor. Graph tracing (ONNX) needs in_place=False.
+        """
+        theta_pos, theta_neg, fire_pos, fire_neg = self.firing_levels(x_seq[0])
+        silent = theta_pos.new_zeros(())
         v = self.v  # a float after reset, so the first step starts from x itself (keeps traced shapes dynamic)
         outputs = []
         for x in x_seq:
             v = x + v
-            weighted = torch.where(v >= fire_pos, theta_pos, 0.0)
+            out = x if in_place else None
+            weighted = torch.where(v >= fire_pos, theta_pos, silent, out=out)
             if self.signed:
-                weighted = torch.where(v <= fire_neg, -theta_neg, weighted)
-            v = v - weighted
+                weighted = torch.where(v <= fire_neg, -theta_neg, weighted, out=out)
+            v = v.sub_(weighted) if in_place else v - weighted
             outputs.append(weighted)
             self._count(weighted)
         self.v = v
-        return torch.stack(outputs)
+        return x_seq if in_place else torch.stack(outputs)
 
     def _count(self, weighted: torch.Tensor) -> None:
         if self.monitor:

@@ -11,6 +11,7 @@ from converter.export import atomic_folder, save_converted
 from converter.export_cli import main as export_main
 from converter.nir_export import nir_blockers
 from converter.onnx_export import ExportError, export_onnx
+from converter.onnx_parity import TIE_TOLERANCE, pinned_run
 from converter.policy import ConversionPolicy
 
 
@@ -29,9 +30,37 @@ def test_onnx_export_matches_pytorch_with_dynamic_batch(snn_folder, tmp_path, ti
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["snn"]["max_relative_difference"] < 1e-4 and report["ann"]["max_relative_difference"] < 1e-4
     assert {c["batch"] for c in report["snn"]["parity"]} == {1, 3}
+    assert report["snn"]["worst_tie_distance"] <= report["snn"]["tie_tolerance"]
     graph = onnx.load(str(out)).graph
     assert [i.name for i in graph.input] == ["x", "t"] and graph.output[0].name == "eps"
+    assert [o.name for o in graph.output[1:]] == report["snn"]["outputs"][1:]
+    assert all(name.startswith("spikes:") for name in report["snn"]["outputs"][1:])
     assert (tmp_path / "snn-ann.onnx").exists()
+
+
+def _own_spikes(snn, x, t):
+    outputs = []
+    handles = [site.register_forward_hook(lambda _m, _i, out: outputs.append(out.clone())) for site in snn.sites().values()]
+    with torch.no_grad():
+        eps = snn(x, t).sample
+    for handle in handles:
+        handle.remove()
+    return eps, outputs
+
+
+def test_pinned_parity_accepts_own_spikes_and_catches_a_flip_away_from_a_tie(tiny_source, tiny_record):
+    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=3))
+    x, t = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3)), torch.tensor([100, 600])
+    eps, spikes = _own_spikes(snn, x, t)
+    pinned, stats = pinned_run(snn, x, t, [s.numpy() for s in spikes])
+    assert torch.equal(torch.from_numpy(pinned), eps) and stats["disagreeing_spikes"] == 0
+    # flip one neuron's decision at the first step of the first site: far from any tie
+    site = next(iter(snn.sites().values()))
+    forced = [s.numpy().copy() for s in spikes]
+    theta = float(site.neuron.threshold_pos[0])
+    forced[0][0, 0, 0, 0] += theta if forced[0][0, 0, 0, 0] <= float(site.output_shift[0]) else -theta
+    _, stats = pinned_run(snn, x, t, forced)
+    assert stats["disagreeing_spikes"] >= 1 and stats["worst_tie_distance"] > TIE_TOLERANCE
 
 
 def test_parity_failure_leaves_no_file(tmp_path, monkeypatch):

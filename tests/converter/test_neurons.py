@@ -77,7 +77,9 @@ def test_fast_inference_path_equals_autograd_path():
             fast = node(x)
         node.reset()
         slow = node(x.clone().requires_grad_(True)).detach()
-        assert torch.equal(fast, slow)
+        node.reset()
+        in_place = node.inference_steps(x.clone(), in_place=True)
+        assert torch.equal(fast, slow) and torch.equal(in_place, slow)
 
 
 def test_threshold_scale_scales_spikes():

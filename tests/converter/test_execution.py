@@ -1,0 +1,37 @@
+"""Speed paths give the reference path's outputs: in-place inference, batch passes."""
+
+import pytest
+import torch
+
+from converter.convert import convert
+from converter.policy import ConversionPolicy
+
+
+@pytest.mark.parametrize("policy", [ConversionPolicy(timesteps=3), ConversionPolicy(timesteps=4, negative_lobe="relu")])
+def test_in_place_inference_equals_the_autograd_path(tiny_source, tiny_record, policy):
+    snn = convert(tiny_source, tiny_record, policy)
+    x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fast = snn(x, 300).sample
+    reference = snn(x.clone().requires_grad_(True), 300).sample.detach()
+    assert torch.equal(fast, reference)
+
+
+def test_splitting_the_batch_into_passes_does_not_change_outputs(tiny_source, tiny_record):
+    # float64: the convolutions' batch-size-dependent rounding can then not flip a spike
+    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=4)).double()
+    x = torch.randn(7, 3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    t = torch.tensor([10, 50, 100, 200, 400, 700, 999])
+    outputs = []
+    with torch.no_grad():
+        for per_pass in (None, 1, 3, 7):
+            snn.set_inputs_per_pass(per_pass)
+            outputs.append(snn(x, t).sample)
+    for other in outputs[1:]:
+        torch.testing.assert_close(other, outputs[0], rtol=0, atol=1e-12)
+
+
+def test_inputs_per_pass_must_be_positive(tiny_source, tiny_record):
+    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=2))
+    with pytest.raises(ValueError, match="inputs per pass"):
+        snn.set_inputs_per_pass(0)
