@@ -20,16 +20,10 @@ larger --steps to train on).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
-import os
-import pickle
-import platform
 import sys
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,12 +42,14 @@ from converter.tsm import TRAINABLE, clamp_thresholds_, freeze, set_trainable, t
 from pretrained.loading import SourceModel, load_source_model, state_dict_fingerprint
 from pretrained.zoo import DEFAULT_MODEL
 from sdm_errors import SdmError, run_reporting_errors
+from sdm_training import data_target, device_name, ema_update, load_checkpoint, save_checkpoint, to_model_range, write_loss_log
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "sdm-finetune-checkpoint/1"
 POOLS = ("record", "trajectories", "both")
 TRAJECTORY_SEED_OFFSET = 1000  # fresh trajectories start away from the noise seeds evaluations use (0, 1, ...)
 TARGET_CHUNK = 16
+LOSS_COLUMNS = ["step", "loss", "distill_loss", "data_loss", "grad_norm"]
 # Options whose change would change the result: a resumed run must use the checkpoint's values.
 RECIPE_KEYS = ("train", "lr", "batch_size", "seed", "distill_weight", "data_weight", "data", "data_limit",
                "bf16", "ema", "grad_clip", "pool", "trajectories", "trajectory_steps", "eval_size")
@@ -136,31 +132,6 @@ def recipe_of(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write atomically: a temporary file beside it, then os.replace."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, temporary)
-        os.replace(temporary, path)
-    except OSError as exc:
-        raise FinetuneError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FinetuneError(f"nothing to resume: no {CHECKPOINT} in {path.parent}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        raise FinetuneError(f"corrupt checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise FinetuneError(f"{path} is not an sdm-finetune checkpoint")
-    return state
 
 
 def check_checkpoint(state: dict[str, Any], path: Path, identity: dict[str, Any], recipe: dict[str, Any], steps: int) -> None:
@@ -248,19 +219,6 @@ def load_images(args: argparse.Namespace, snn: SpikingUNet2DModel) -> torch.Tens
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
 
 
-def to_model_range(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 127.5 - 1.0
-
-
-def data_target(schedule: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    kind = schedule.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "sample":
-        return x0
-    return schedule.get_velocity(x0, noise, t)
-
-
 # ----------------------------------------------------------------------------- training
 
 
@@ -320,10 +278,7 @@ class Trainer:
             clamp_thresholds_(self.snn)
         self.step += 1
         if self.ema:
-            decay = min(args.ema, (1 + self.step) / (10 + self.step))
-            with torch.no_grad():
-                for name, p in self.named:
-                    self.ema[name].lerp_(p.detach(), 1 - decay)
+            ema_update(self.ema, self.named, args.ema, self.step)
         row = [float(self.step), *(float(v.detach()) for v in (loss, distill, data, grad_norm))]
         self.losses.append(row)
         return row
@@ -393,17 +348,6 @@ class Trainer:
 # ----------------------------------------------------------------------------- outputs
 
 
-def write_loss_log(rows: list[list[float]], path: Path) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["step", "loss", "distill_loss", "data_loss", "grad_norm"])
-    for step, *values in rows:
-        writer.writerow([int(step), *(f"{v:.8g}" for v in values)])
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(buffer.getvalue())
-    os.replace(temporary, path)
-
-
 def plot_tsm(values: dict[str, list[float]], path: Path) -> None:
     """p[t] against SNN time step t: one thin line per site (coloured by depth), their mean in black."""
     import matplotlib
@@ -430,12 +374,6 @@ def plot_tsm(values: dict[str, list[float]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads)"
 
 
 # ----------------------------------------------------------------------------- the run
@@ -493,7 +431,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     checkpoint_path = args.out / CHECKPOINT
     resumed = None
     if args.resume:
-        resumed = load_checkpoint(checkpoint_path)
+        resumed = load_checkpoint(checkpoint_path, CHECKPOINT_FORMAT, "sdm-finetune", FinetuneError)
         check_checkpoint(resumed, checkpoint_path, identity, recipe, args.steps)
     if "scheduler_config" not in provenance:
         raise FinetuneError(f"{args.snn} records no scheduler config in its provenance; re-run sdm-convert with this version")
@@ -528,8 +466,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         progress.update()
         if args.checkpoint_every and trainer.step % args.checkpoint_every == 0 and trainer.step < args.steps:
             args.out.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(trainer.state(identity, recipe, loss_before), checkpoint_path)
-            write_loss_log(trainer.losses, args.out / "loss_log.csv")
+            save_checkpoint(trainer.state(identity, recipe, loss_before), checkpoint_path, FinetuneError)
+            write_loss_log(trainer.losses, LOSS_COLUMNS, args.out / "loss_log.csv")
     progress.close()
 
     final_state = trainer.state(identity, recipe, loss_before)
@@ -567,9 +505,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         (staging / "tsm.json").write_text(json.dumps({"timesteps": snn.timesteps, "mean": summary["tsm_mean_per_step"],
                                                       "sites": values}, indent=2))
         plot_tsm(values, staging / "tsm.png")
-        write_loss_log(trainer.losses, staging / "loss_log.csv")
+        write_loss_log(trainer.losses, LOSS_COLUMNS, staging / "loss_log.csv")
         (staging / "finetune.json").write_text(json.dumps(summary, indent=2))
-        save_checkpoint(final_state, staging / CHECKPOINT)
+        save_checkpoint(final_state, staging / CHECKPOINT, FinetuneError)
     summary["out"] = str(args.out)
     return summary
 

@@ -106,6 +106,9 @@ def export_onnx(model: nn.Module, path: str | Path, sample_shape: tuple[int, int
         onnx.checker.check_model(onnx.load(str(staging)))
         session = onnxruntime.InferenceSession(str(staging), providers=["CPUExecutionProvider"])
         checks, torch_seconds, ort_seconds = [], 0.0, 0.0
+        _single_pass(model, EXAMPLE_BATCH)
+        model(*example)  # warm-up, so neither runtime's timing includes first-call setup
+        session.run(None, {"x": example[0].numpy(), "t": example[1].numpy()})
         for index, batch in enumerate(check_batches):
             x, t = _inputs(batch, sample_shape, seed + 1 + index)
             _single_pass(model, batch)

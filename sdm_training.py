@@ -1,0 +1,90 @@
+"""What every training loop here shares: atomic, untrusted-safe checkpoints, loss logs, EMA,
+the diffusion data target, and a one-line description of the hardware a run used.
+
+Used by `sdm-train` (pretrained/train.py, source ANNs) and `sdm-finetune` (converter/finetune.py,
+converted SNNs), so both resume, log and describe themselves the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import pickle
+import platform
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler
+
+from sdm_errors import SdmError
+
+
+def save_checkpoint(state: dict[str, Any], path: Path, error: type[SdmError] = SdmError) -> None:
+    """Write atomically: a temporary file beside it, then os.replace (an interruption leaves the old one)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, temporary)
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise error(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def load_checkpoint(path: Path, expected_format: str, what: str, error: type[SdmError] = SdmError) -> dict[str, Any]:
+    """Read a checkpoint with weights_only=True and check that it is one of ours, of the expected kind."""
+    if not path.is_file():
+        raise error(f"nothing to resume: no {path.name} in {path.parent}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        raise error(f"corrupt checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if not isinstance(state, dict) or state.get("format") != expected_format:
+        raise error(f"{path} is not an {what} checkpoint")
+    return state
+
+
+def write_loss_log(rows: Iterable[list[float]], header: list[str], path: Path) -> None:
+    """CSV with an integer first column (the step), written atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for step, *values in rows:
+        writer.writerow([int(step), *(f"{v:.8g}" for v in values)])
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(buffer.getvalue())
+    os.replace(temporary, path)
+
+
+@torch.no_grad()
+def ema_update(ema: dict[str, torch.Tensor], named: Iterable[tuple[str, torch.Tensor]], decay: float, step: int) -> None:
+    """EMA with the usual warm-up, min(decay, (1 + step) / (10 + step)), so early values do not linger."""
+    rate = min(decay, (1 + step) / (10 + step))
+    for name, value in named:
+        ema[name].lerp_(value.detach(), 1 - rate)
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images to the [-1, 1] range diffusion models are trained on."""
+    return images.float() / 127.5 - 1.0
+
+
+def data_target(schedule: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to predict under the scheduler's prediction type."""
+    kind = schedule.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "sample":
+        return x0
+    return schedule.get_velocity(x0, noise, t)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads)"
