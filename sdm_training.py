@@ -36,6 +36,22 @@ def save_checkpoint(state: dict[str, Any], path: Path, error: type[SdmError] = S
             temporary.unlink()
 
 
+def check_output_folder(out: Path, checkpoint: str, resume: bool, overwrite: bool, what: str,
+                        error: type[SdmError] = SdmError) -> None:
+    """Refuse an output that would lose work: a file, a folder with a run in it (without --resume
+    or --overwrite), or --resume with nothing to resume."""
+    if out.exists() and not out.is_dir():
+        raise error(f"output path exists and is not a folder: {out}")
+    if resume:
+        if not (out / checkpoint).is_file():
+            raise error(f"nothing to resume: no {checkpoint} in {out}")
+        return
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        if (out / checkpoint).is_file():
+            raise error(f"{out} holds a {what} checkpoint: pass --resume to continue it or --overwrite to start over")
+        raise error(f"output folder exists and is not empty: {out} (pass --overwrite)")
+
+
 def load_checkpoint(path: Path, expected_format: str, what: str, error: type[SdmError] = SdmError) -> dict[str, Any]:
     """Read a checkpoint with weights_only=True and check that it is one of ours, of the expected kind."""
     if not path.is_file():

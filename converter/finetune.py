@@ -42,7 +42,7 @@ from converter.tsm import TRAINABLE, clamp_thresholds_, freeze, set_trainable, t
 from pretrained.loading import SourceModel, load_source_model, state_dict_fingerprint
 from pretrained.zoo import DEFAULT_MODEL
 from sdm_errors import SdmError, run_reporting_errors
-from sdm_training import data_target, device_name, ema_update, load_checkpoint, save_checkpoint, to_model_range, write_loss_log
+from sdm_training import check_output_folder, data_target, device_name, ema_update, load_checkpoint, save_checkpoint, to_model_range, write_loss_log
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "sdm-finetune-checkpoint/1"
@@ -393,19 +393,9 @@ def resolve_ann(args: argparse.Namespace, snn: SpikingUNet2DModel) -> SourceMode
 
 
 def prepare_output(args: argparse.Namespace) -> None:
-    out = args.out
-    if out.exists() and not out.is_dir():
-        raise FinetuneError(f"output path exists and is not a folder: {out}")
-    if out.resolve() == args.snn.resolve():
+    if args.out.resolve() == args.snn.resolve():
         raise FinetuneError("--out must differ from --snn (the input model is never modified)")
-    if args.resume:
-        if not (out / CHECKPOINT).is_file():
-            raise FinetuneError(f"nothing to resume: no {CHECKPOINT} in {out}")
-        return
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        if (out / CHECKPOINT).is_file():
-            raise FinetuneError(f"{out} holds a fine-tuning checkpoint: pass --resume to continue it or --overwrite to start over")
-        raise FinetuneError(f"output folder exists and is not empty: {out} (pass --overwrite)")
+    check_output_folder(args.out, CHECKPOINT, args.resume, args.overwrite, "fine-tuning", FinetuneError)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from pretrained.own_layout import OwnLayoutConfig, OwnLayoutError, save_own_layout_checkpoint
 from sdm_errors import SdmError, run_reporting_errors
-from sdm_training import (data_target, device_name, ema_update, load_checkpoint, save_checkpoint, to_model_range,
+from sdm_training import (check_output_folder, data_target, device_name, ema_update, load_checkpoint, save_checkpoint, to_model_range,
                           write_loss_log)
 
 CHECKPOINT = "train_checkpoint.pt"
@@ -286,27 +286,13 @@ def model_card(args: argparse.Namespace, summary: dict[str, Any]) -> str:
     ])
 
 
-def prepare_output(args: argparse.Namespace) -> None:
-    out = args.out
-    if out.exists() and not out.is_dir():
-        raise TrainError(f"output path exists and is not a folder: {out}")
-    if args.resume:
-        if not (out / CHECKPOINT).is_file():
-            raise TrainError(f"nothing to resume: no {CHECKPOINT} in {out}")
-        return
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        if (out / CHECKPOINT).is_file():
-            raise TrainError(f"{out} holds a training checkpoint: pass --resume to continue it or --overwrite to start over")
-        raise TrainError(f"output folder exists and is not empty: {out} (pass --overwrite)")
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from converter.cli import resolve_device
     from converter.export import atomic_folder
 
     validate(args)
     config = unet_config(args)
-    prepare_output(args)
+    check_output_folder(args.out, CHECKPOINT, args.resume, args.overwrite, "training", TrainError)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     images = load_training_images(args)
