@@ -17,7 +17,8 @@ from sdm_errors import run_reporting_errors
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdm-export", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="format", required=True)
-    onnx = sub.add_parser("onnx", help="whole spiking UNet, T steps unrolled, verified with onnxruntime")
+    onnx = sub.add_parser("onnx", help="whole spiking UNet, T steps unrolled, verified with onnxruntime "
+                                       "(PyTorch pinned to the exported spikes; differing decisions must be threshold ties)")
     onnx.add_argument("--snn", type=Path, required=True, help="converted model folder (from sdm-convert)")
     onnx.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     onnx.add_argument("--ann", default=None, help="also export this source ANN (path or embedded name) for comparison")
@@ -52,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("snn", "ann"):
         if name in report:
             part = report[name]
+            ties = sum(c.get("disagreeing_spikes", 0) for c in part["parity"])
             print(f"{name}: {part['path']} ({part['bytes'] / 2**20:.1f} MiB), max |ORT - PyTorch| / scale "
-                  f"{part['max_relative_difference']:.2e}, s/eval PyTorch {part['seconds_per_eval']['pytorch']:.3f} "
-                  f"vs onnxruntime {part['seconds_per_eval']['onnxruntime']:.3f}")
+                  f"{part['max_relative_difference']:.2e} on the same spikes ({ties} threshold ties, largest "
+                  f"{part['worst_tie_distance']:.1e} thresholds from firing), s/eval PyTorch "
+                  f"{part['seconds_per_eval']['pytorch']:.3f} vs onnxruntime {part['seconds_per_eval']['onnxruntime']:.3f}")
     print(f"report: {report['report']}")
     return 0
 
