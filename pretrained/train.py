@@ -45,7 +45,8 @@ ACTIVATIONS = ("silu", "relu")
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
                         prediction_type="epsilon", variance_type="fixed_large", clip_sample=True)
 # Options whose change would change the result: a resumed run must use the checkpoint's values.
-RECIPE_KEYS = ("data", "data_limit", "resize", "batch_size", "lr", "warmup", "ema", "grad_clip", "bf16", "seed", "flip")
+RECIPE_KEYS = ("data", "data_limit", "resize", "batch_size", "lr", "warmup", "ema", "grad_clip", "bf16", "seed", "flip",
+               "init")
 
 
 class TrainError(SdmError):
@@ -65,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel-mult", default="1,2,2,2", help="width multiplier per level (default 1,2,2,2)")
     p.add_argument("--layers-per-block", type=int, default=2)
     p.add_argument("--attention-resolutions", default="16", help="feature-map sizes with self-attention, e.g. 16 or 16,8 ('' for none)")
-    p.add_argument("--activation", choices=ACTIVATIONS, default="silu")
+    p.add_argument("--activation", choices=ACTIVATIONS, default=None,
+                   help="silu (default for new models) or relu; with --init, swaps the source's activation")
+    p.add_argument("--init", default=None,
+                   help="start from this source model (path or zoo name) instead of random weights: its architecture, "
+                        "weights and noise schedule; with --activation relu this is the conversion-friendly 'prepare' step")
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=1000, help="total optimiser steps")
     p.add_argument("--batch-size", type=int, default=128)
@@ -92,8 +97,11 @@ def _ints(text: str, flag: str) -> list[int]:
         raise TrainError(f"{flag} must be comma-separated integers, got {text!r}") from None
 
 
-def unet_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The diffusers UNet2DModel configuration the options describe."""
+def unet_config(args: argparse.Namespace, init: UNet2DModel | None = None) -> dict[str, Any]:
+    """The diffusers UNet2DModel configuration the options (or the --init model) describe."""
+    if init is not None:
+        config = {k: v for k, v in init.config.items() if not k.startswith("_")}
+        return {**config, "act_fn": args.activation or config["act_fn"]}
     mults = _ints(args.channel_mult, "--channel-mult")
     attention = set(_ints(args.attention_resolutions, "--attention-resolutions"))
     if not mults or min(mults) < 1 or args.channels < 1 or args.layers_per_block < 1:
@@ -111,7 +119,7 @@ def unet_config(args: argparse.Namespace) -> dict[str, Any]:
                              num_res_blocks=args.layers_per_block, dropout=args.dropout, sample_size=args.resolution,
                              in_channels=3)
     # The original DDPM's layout (so the own-layout ckpt.pt can hold it), with the chosen activation.
-    return {**layout.to_diffusers_config(), "act_fn": args.activation}
+    return {**layout.to_diffusers_config(), "act_fn": args.activation or "silu"}
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -147,9 +155,10 @@ def load_training_images(args: argparse.Namespace) -> torch.Tensor:
 class Trainer:
     """One training run: batches, loss, optimiser, EMA; all state goes into checkpoints."""
 
-    def __init__(self, args: argparse.Namespace, unet: UNet2DModel, images: torch.Tensor, device: torch.device) -> None:
+    def __init__(self, args: argparse.Namespace, unet: UNet2DModel, images: torch.Tensor, device: torch.device,
+                 scheduler_config: dict[str, Any]) -> None:
         self.args, self.unet, self.images, self.device = args, unet.to(device).train(), images, device
-        self.schedule = DDPMScheduler(**SCHEDULER_CONFIG)
+        self.schedule = DDPMScheduler.from_config(scheduler_config)
         self.optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
         self.ema = {n: p.detach().clone() for n, p in unet.named_parameters()} if args.ema > 0 else {}
         self.generator = torch.Generator().manual_seed(args.seed)
@@ -251,10 +260,10 @@ def check_checkpoint(state: dict[str, Any], path: Path, config: dict[str, Any], 
 
 
 @torch.no_grad()
-def sample_grid(model: UNet2DModel, count: int, steps: int, seed: int, path: Path) -> None:
+def sample_grid(model: UNet2DModel, schedule: DDPMScheduler, count: int, steps: int, seed: int, path: Path) -> None:
     from eval.images import save_grid_rows, to_uint8
 
-    scheduler = DDIMScheduler.from_config(DDPMScheduler(**SCHEDULER_CONFIG).config)
+    scheduler = DDIMScheduler.from_config(schedule.config)
     pipeline = DDPMPipeline(unet=model, scheduler=scheduler)
     pipeline.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(seed)
@@ -272,7 +281,9 @@ def model_card(args: argparse.Namespace, summary: dict[str, Any]) -> str:
         f"{tuple(config['block_out_channels'])}, {config['layers_per_block']} ResNet blocks per level, blocks "
         f"{', '.join(config['down_block_types'])}, activation {config['act_fn']}, GroupNorm(32), dropout "
         f"{config['dropout']}; {summary['parameters']:,} parameters.",
-        "- Diffusion: 1000 steps, linear betas 1e-4 .. 0.02, epsilon prediction.",
+        f"- Diffusion: {summary['schedule']}.",
+        *([f"- Prepared from {args.init}: its weights, activation {summary['init_activation']} -> {config['act_fn']}, "
+           f"then fine-tuned as below."] if args.init else []),
         f"- Data: {summary['data']['path']} ({summary['data']['images']} images"
         f"{', split ' + args.split if args.split else ''}, resize policy {args.resize}"
         f"{', random horizontal flip' if args.flip else ''}).",
@@ -291,14 +302,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from converter.export import atomic_folder
 
     validate(args)
-    config = unet_config(args)
+    if args.init is not None:
+        from pretrained.loading import load_source_model
+
+        source = load_source_model(args.init)
+        if source.unet.config.in_channels != 3 or source.unet.config.sample_size != args.resolution:
+            raise TrainError(f"--init {args.init} is a {source.unet.config.in_channels}-channel "
+                             f"{source.unet.config.sample_size}x{source.unet.config.sample_size} model; "
+                             f"--resolution is {args.resolution} (RGB)")
+        config, scheduler_config = unet_config(args, source.unet), dict(source.scheduler_config)
+    else:
+        source, config, scheduler_config = None, unet_config(args), dict(SCHEDULER_CONFIG)
     check_output_folder(args.out, CHECKPOINT, args.resume, args.overwrite, "training", TrainError)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     images = load_training_images(args)
+    unet = UNet2DModel(**config)
+    if source is not None:
+        unet.load_state_dict(source.unet.state_dict())
     recipe = {key: getattr(args, key) for key in RECIPE_KEYS}
     recipe["data"] = str(args.data)
-    trainer = Trainer(args, UNet2DModel(**config), images, device)
+    trainer = Trainer(args, unet, images, device, scheduler_config)
     checkpoint_path = args.out / CHECKPOINT
     if args.resume:
         state = load_checkpoint(checkpoint_path, CHECKPOINT_FORMAT, "sdm-train", TrainError)
@@ -324,19 +348,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summary = {
         "config": dict(model.config), "parameters": sum(p.numel() for p in model.parameters()),
         "data": {"path": str(args.data), "images": int(images.shape[0])}, "recipe": recipe, "steps": trainer.step,
+        "schedule": (f"{trainer.schedule.config.num_train_timesteps} steps, {trainer.schedule.config.beta_schedule} betas "
+                     f"{trainer.schedule.config.beta_start:g} .. {trainer.schedule.config.beta_end:g}, "
+                     f"{trainer.schedule.config.prediction_type} prediction"),
+        "init_activation": source.unet.config.act_fn if source is not None else None,
         "device": device_name(device), "seconds": {"training": trainer.seconds},
         "seconds_per_step": trainer.seconds / max(trainer.step, 1),
         "loss_before": loss_before, "loss_after": trainer.evaluate(),
     }
     with atomic_folder(args.out, overwrite=True) as staging:
-        pipeline = DDPMPipeline(unet=model.cpu(), scheduler=DDPMScheduler(**SCHEDULER_CONFIG))
+        pipeline = DDPMPipeline(unet=model.cpu(), scheduler=trainer.schedule)
         pipeline.save_pretrained(staging)
         try:
             save_own_layout_checkpoint(model, staging / "ckpt.pt")
             summary["own_layout"] = "ckpt.pt"
         except OwnLayoutError as exc:
             summary["own_layout"] = f"not written: {exc}"
-        sample_grid(model.to(device), args.sample_count, args.sample_steps, args.seed, staging / "samples.png")
+        sample_grid(model.to(device), trainer.schedule, args.sample_count, args.sample_steps, args.seed, staging / "samples.png")
         write_loss_log(trainer.losses, LOSS_COLUMNS, staging / "loss_log.csv")
         save_checkpoint(final_state, staging / CHECKPOINT, TrainError)
         (staging / "training.json").write_text(json.dumps(summary, indent=2, default=str))

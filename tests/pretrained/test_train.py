@@ -85,3 +85,18 @@ def test_attention_at_a_size_the_model_does_not_have_is_refused(images, tmp_path
     args[args.index("--attention-resolutions") + 1] = "4"
     assert train_main(["--data", str(images), "--out", str(tmp_path / "o"), "--steps", "1", *args]) == 2
     assert "not feature-map sizes" in capsys.readouterr().err
+
+
+def test_prepare_swaps_the_activation_of_a_trained_model_and_keeps_its_weights(images, tmp_path):
+    source = tmp_path / "source"
+    assert train_main(["--data", str(images), "--out", str(source), "--steps", "2", *TINY]) == 0
+    prepared = tmp_path / "prepared"
+    assert train_main(["--data", str(images), "--out", str(prepared), "--init", str(source), "--activation", "relu",
+                       "--steps", "1", "--lr", "1e-9", "--warmup", "0", "--ema", "0", "--sample-count", "1",
+                       "--sample-steps", "1"]) == 0
+    summary = json.loads((prepared / "training.json").read_text())
+    assert summary["init_activation"] == "silu" and summary["config"]["act_fn"] == "relu"
+    assert "Prepared from" in (prepared / "MODEL_CARD.md").read_text()
+    before, after = weights(source), weights(prepared)
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)  # lr 1e-9: the source's weights
