@@ -53,10 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("snn", "ann"):
         if name in report:
             part = report[name]
+            spiking = len(part["outputs"]) > 1
             ties = sum(c.get("disagreeing_spikes", 0) for c in part["parity"])
+            pinned = (f" on the same spikes ({ties} threshold ties, largest {part['worst_tie_distance']:.1e} thresholds "
+                      f"from firing)") if spiking else ""
             print(f"{name}: {part['path']} ({part['bytes'] / 2**20:.1f} MiB), max |ORT - PyTorch| / scale "
-                  f"{part['max_relative_difference']:.2e} on the same spikes ({ties} threshold ties, largest "
-                  f"{part['worst_tie_distance']:.1e} thresholds from firing), s/eval PyTorch "
+                  f"{part['max_relative_difference']:.2e}{pinned}, s/eval PyTorch "
                   f"{part['seconds_per_eval']['pytorch']:.3f} vs onnxruntime {part['seconds_per_eval']['onnxruntime']:.3f}")
     print(f"report: {report['report']}")
     return 0
