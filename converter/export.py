@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from diffusers.utils import logging as diffusers_logging
 from safetensors import SafetensorError, safe_open
 
 from calibration.record import CalibrationRecord
@@ -79,7 +80,12 @@ def load_converted(folder: str | Path, device: str = "cpu") -> SpikingUNet2DMode
     try:
         with safe_open(str(folder / "diffusion_pytorch_model.safetensors"), framework="pt") as handle:
             stored = set(handle.keys())
-        model = SpikingUNet2DModel.from_pretrained(str(folder), low_cpu_mem_usage=False)
+        previous = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # mismatched weights are reported below, in one line
+        try:
+            model = SpikingUNet2DModel.from_pretrained(str(folder), low_cpu_mem_usage=False)
+        finally:
+            diffusers_logging.set_verbosity(previous)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise ConvertedModelError(f"cannot load converted model from {folder}: {str(exc).splitlines()[0]}") from None
     expected = set(model.state_dict())
