@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from converter import site_kernel
 from converter.neurons import SignedIFNode
 
 
@@ -31,6 +32,17 @@ def _time_index(timesteps: int, like: torch.Tensor) -> torch.Tensor:
     return torch.arange(1, timesteps + 1, device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
 
+def _running_mean(seq: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """cumsum(seq, 0) / t as a new tensor, outside autograd: fused when the kernel applies.
+
+    (cumsum accumulates float32 in double on CPU; the kernel does the same, so every path
+    computes identical running means.)
+    """
+    if site_kernel.applicable(seq):
+        return site_kernel.running_mean(seq)
+    return seq.cumsum(dim=0).div_(t)
+
+
 def expectation_increments(fn, x: torch.Tensor, timesteps: int) -> torch.Tensor:
     """Per-step increments of t * fn(running mean of x) for x of shape [T*B, ...].
 
@@ -40,10 +52,7 @@ def expectation_increments(fn, x: torch.Tensor, timesteps: int) -> torch.Tensor:
     seq = x.unflatten(0, (timesteps, -1))
     t = _time_index(timesteps, seq)
     if not _functional():
-        running = seq.clone()
-        for step in range(1, timesteps):  # what cumsum computes, without its slow strided kernel
-            running[step].add_(running[step - 1])
-        accumulated = fn(running.div_(t).flatten(0, 1)).unflatten(0, (timesteps, -1)).mul_(t)
+        accumulated = fn(_running_mean(seq, t).flatten(0, 1)).unflatten(0, (timesteps, -1)).mul_(t)
         for step in range(timesteps - 1, 0, -1):  # backwards, so each step still sees its predecessor
             accumulated[step].sub_(accumulated[step - 1])
         return accumulated.flatten(0, 1)
@@ -115,6 +124,8 @@ class SpikingActivation(nn.Module):
         return drive
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
+        if site_kernel.applicable(current) and isinstance(self.neuron.v, float) and self.neuron.v == 0.0:
+            return self._fused_forward(current)
         drive = self.drive_sequence(current)
         if _functional():
             spikes = self.neuron(drive).flatten(0, 1)
@@ -122,6 +133,30 @@ class SpikingActivation(nn.Module):
             spikes = self.neuron.inference_steps(drive, in_place=True).flatten(0, 1)
         shift = self.output_shift.view(1, -1, *([1] * (spikes.dim() - 2)))
         return spikes + shift if _functional() else spikes.add_(shift)
+
+
+    def _fused_forward(self, current: torch.Tensor) -> torch.Tensor:
+        """forward() from rest with the site kernel: the same arithmetic in one pass per step."""
+        running = site_kernel.running_mean(current.unflatten(0, (self.timesteps, -1)))
+        values = self.norm(running.flatten(0, 1))
+        neuron = self.neuron
+        if neuron.signed:
+            values = self.activation(values)
+        theta_pos, theta_neg, fire_pos, fire_neg = (p.reshape(-1).contiguous() for p in neuron.firing_levels(values))
+        negative_spike = -theta_neg
+        spikes, membrane, count = site_kernel.fire(
+            values.contiguous().unflatten(0, (self.timesteps, -1)),
+            clamp=(negative_spike, theta_pos) if neuron.signed else None,
+            tsm=None if self.tsm is None else self.tsm.detach().contiguous(),
+            fire_pos=fire_pos, theta_pos=theta_pos,
+            fire_neg=fire_neg if neuron.signed else None, negative_spike=negative_spike if neuron.signed else None,
+            shift=self.output_shift.contiguous(),
+        )
+        neuron.v = membrane
+        if neuron.monitor:
+            neuron.spike_count += float(count)
+            neuron.neuron_steps += spikes.numel()
+        return spikes.flatten(0, 1)
 
 
 class SpikingResnetBlock2D(nn.Module):
@@ -141,9 +176,12 @@ class SpikingResnetBlock2D(nn.Module):
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
         hidden = self.conv1(self.site1(input_tensor))
         if self.time_emb_proj is not None and temb is not None:
-            # Constant over SNN time: an analog bias current computed once per UNet call.
-            emb = temb if self.skip_time_act else self.temb_activation(temb)
-            hidden = hidden + self.time_emb_proj(emb)[:, :, None, None]
+            # Constant over SNN time (temb repeats over t): a bias current projected once per input.
+            steps = self.site1.timesteps
+            emb = temb.unflatten(0, (steps, -1))[0]
+            emb = emb if self.skip_time_act else self.temb_activation(emb)
+            bias = self.time_emb_proj(emb)[:, :, None, None]
+            hidden = (hidden.unflatten(0, (steps, -1)) + bias).flatten(0, 1)
         hidden = self.conv2(self.dropout(self.site2(hidden)))
         shortcut = self.conv_shortcut(input_tensor) if self.conv_shortcut is not None else input_tensor
         return (shortcut + hidden) / self.output_scale_factor
@@ -166,14 +204,15 @@ class SpikingAttention(nn.Module):
     def self_attention(self, x: torch.Tensor) -> torch.Tensor:
         attn = self.attention
         height, width = x.shape[2], x.shape[3]
-        tokens = x.flatten(2).transpose(1, 2)  # [B, HW, C]
+        tokens = x.flatten(2)  # [B, C, HW]
         if attn.group_norm is not None:
-            tokens = attn.group_norm(tokens.transpose(1, 2)).transpose(1, 2)
+            tokens = attn.group_norm(tokens)
+        tokens = tokens.transpose(1, 2).contiguous()  # [B, HW, C], once for all three projections
         q, k, v = attn.to_q(tokens), attn.to_k(tokens), attn.to_v(tokens)
         heads = attn.heads
         q, k, v = (y.unflatten(2, (heads, -1)).transpose(1, 2) for y in (q, k, v))
         mixed = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
-        out = attn.to_out[1](attn.to_out[0](mixed)).transpose(1, 2).unflatten(2, (height, width))
+        out = attn.to_out[1](attn.to_out[0](mixed)).transpose(1, 2).unflatten(2, (height, width)).contiguous()
         if attn.residual_connection:
             out = out + x
         return out / attn.rescale_output_factor

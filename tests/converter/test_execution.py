@@ -1,10 +1,12 @@
-"""Speed paths give the reference path's outputs: in-place inference, batch passes."""
+"""Speed paths give the reference path's outputs: fused kernel, in-place inference, batch passes."""
 
 import pytest
 import torch
 
+from converter import site_kernel
 from converter.convert import convert
 from converter.policy import ConversionPolicy
+from converter.tsm import enable_tsm
 
 
 @pytest.mark.parametrize("policy", [ConversionPolicy(timesteps=3), ConversionPolicy(timesteps=4, negative_lobe="relu")])
@@ -15,6 +17,23 @@ def test_in_place_inference_equals_the_autograd_path(tiny_source, tiny_record, p
         fast = snn(x, 300).sample
     reference = snn(x.clone().requires_grad_(True), 300).sample.detach()
     assert torch.equal(fast, reference)
+
+
+@pytest.mark.parametrize("policy", [ConversionPolicy(timesteps=5, threshold_scale=1.05),
+                                    ConversionPolicy(timesteps=3, negative_lobe="relu", norm="frozen"),
+                                    ConversionPolicy(timesteps=2, input_encoding="spikes", attention="instant")])
+def test_fused_sites_equal_the_tensor_op_path(tiny_source, tiny_record, policy):
+    snn = convert(tiny_source, tiny_record, policy)
+    enable_tsm(snn)
+    with torch.no_grad():
+        for site in snn.sites().values():
+            site.tsm.uniform_(0.8, 1.2)
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        fused = snn(x, 300).sample
+        with site_kernel.disabled():
+            reference = snn(x, 300).sample
+    assert torch.equal(fused, reference)
 
 
 def test_splitting_the_batch_into_passes_does_not_change_outputs(tiny_source, tiny_record):

@@ -1,0 +1,90 @@
+/* Fused CPU loops for the spiking sites (converter/site_kernel.py loads this through ctypes).
+
+   Each function does, element by element and in the same order, the float arithmetic that the
+   reference PyTorch path does with one tensor operation per step, so results are bit-identical
+   (built with -ffp-contract=off: no fused multiply-adds). Work is split into row ranges
+   [row_begin, row_end) so that Python threads can run ranges in parallel. */
+
+#include <stdint.h>
+#include <math.h>
+#include <stdlib.h>
+
+/* AVX2 and baseline builds of each function, picked at load time (plain mul/add/div/compare are
+   exact in every build, so the choice never changes a result). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SDM_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SDM_CLONES
+#endif
+
+#define BLOCK 512
+
+/* out[t] = (float)(x[0] + ... + x[t], summed in double) / (t + 1): torch.cumsum(x, 0) / t on
+   CPU, which accumulates float sums in double. x, out: [T][n]; elements [begin, end). */
+SDM_CLONES
+void running_mean(const float *x, float *out, int64_t steps, int64_t n, int64_t begin, int64_t end) {
+    double sum[BLOCK];
+    for (int64_t start = begin; start < end; start += BLOCK) {
+        const int64_t len = end - start < BLOCK ? end - start : BLOCK;
+        for (int64_t i = 0; i < len; ++i) sum[i] = 0.0;
+        for (int64_t t = 0; t < steps; ++t) {
+            const float *in = x + t * n + start;
+            float *o = out + t * n + start;
+            const float count = (float)(t + 1);
+            for (int64_t i = 0; i < len; ++i) {
+                sum[i] += (double)in[i];
+                o[i] = (float)sum[i] / count;
+            }
+        }
+    }
+}
+
+/* Expectation increments, signed or plain IF neurons with soft reset, output shift, in place.
+
+   values: [T][rows][hw], the site's nonlinearity on the running mean; overwritten with the spikes
+   (+theta_pos / -theta_neg / 0) plus the per-channel output shift. Row r has channel r % channels.
+   membrane: [rows][hw], receives each neuron's final (shifted) membrane potential.
+   low/high: clamp bounds per channel, or NULL for no clamp; tsm: T factors or NULL;
+   fire_neg/neg_spike: NULL for unsigned neurons. Returns the number of spikes in the range.
+   The defaults for NULL (infinite bounds, factor 1, a NaN level that never compares true) leave
+   every value exactly as it is, so one branch-free loop serves all cases. */
+SDM_CLONES
+int64_t fire_sites(float *restrict values, float *restrict membrane, int64_t steps, int64_t rows, int64_t hw,
+                   int64_t channels, const float *low, const float *high, const float *tsm,
+                   const float *fire_pos, const float *theta_pos, const float *fire_neg, const float *neg_spike,
+                   const float *shift, int64_t begin, int64_t end) {
+    float *restrict previous = (float *)malloc(sizeof(float) * (size_t)hw);
+    if (previous == NULL) return -1;
+    int64_t spikes = 0;
+    const int64_t step_stride = rows * hw;
+    for (int64_t r = begin; r < end; ++r) {
+        const int64_t c = r % channels;
+        float *restrict v = membrane + r * hw;
+        const float fp = fire_pos[c], tp = theta_pos[c], sh = shift[c];
+        const float fn = fire_neg ? fire_neg[c] : NAN, ns = neg_spike ? neg_spike[c] : 0.0f;
+        const float lo = low ? low[c] : -INFINITY, hi = high ? high[c] : INFINITY;
+        int32_t fired = 0;
+        for (int64_t i = 0; i < hw; ++i) { v[i] = 0.0f; previous[i] = 0.0f; }
+        for (int64_t t = 0; t < steps; ++t) {
+            float *restrict x = values + t * step_stride + r * hw;
+            const float count = (float)(t + 1), p = tsm ? tsm[t] : 1.0f;
+            for (int64_t i = 0; i < hw; ++i) {
+                float value = x[i];
+                value = value < lo ? lo : value;
+                value = value > hi ? hi : value;
+                const float accumulated = value * count;
+                const float drive = (accumulated - previous[i]) * p;
+                previous[i] = accumulated;
+                const float u = drive + v[i];
+                float w = u >= fp ? tp : 0.0f;
+                w = u <= fn ? ns : w;
+                fired += w != 0.0f;
+                v[i] = u - w;
+                x[i] = w + sh;
+            }
+        }
+        spikes += fired;
+    }
+    free(previous);
+    return spikes;
+}

@@ -1,0 +1,149 @@
+"""Fused CPU kernels for the spiking sites: one pass over memory instead of one per tensor op.
+
+A site's per-step work (running mean, clamp, expectation increments, neuron update, output
+shift) is a chain of cheap elementwise operations; as separate PyTorch ops over [T, B, C, H, W]
+tensors they cost more than the site's GroupNorm and SiLU (comparisons, `where` and broadcast
+clamps are not vectorised well on CPU). `site_kernel.c` does the same float arithmetic in the
+same order in one loop, so outputs are bit-identical (tests/converter/test_execution.py).
+
+The C file is compiled on first use with the system C compiler into a per-user cache and loaded
+with ctypes (no Python headers, no torch extension build). Without a compiler, or with
+SDM_FUSED_SITES=0, the PyTorch path runs instead; `available()` says which one is in use.
+Row ranges run on Python threads (ctypes releases the GIL), as many as torch's thread count.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("site_kernel.c")
+FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC"]
+_pointer = ctypes.c_void_p
+_int = ctypes.c_int64
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "sdm-convert" / "kernels"
+
+
+def _compile(source: bytes, target: Path) -> None:
+    """Build the shared library next to `target` and move it in place (no half-written file)."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise OSError("no C compiler")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        built = Path(scratch) / target.name
+        subprocess.run([compiler, *FLAGS, "-x", "c", str(SOURCE), "-o", str(built)],
+                       check=True, capture_output=True, timeout=120)
+        os.replace(built, target)
+
+
+_enabled = os.environ.get("SDM_FUSED_SITES", "1") != "0"
+
+
+@lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    try:
+        source = SOURCE.read_bytes()
+        key = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
+        target = _cache_dir() / f"site_kernel-{key}.so"
+        if not target.exists():
+            _compile(source, target)
+        library = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    library.running_mean.argtypes = [_pointer, _pointer, _int, _int, _int, _int]
+    library.running_mean.restype = None
+    library.fire_sites.argtypes = [_pointer, _pointer, _int, _int, _int, _int] + [_pointer] * 8 + [_int, _int]
+    library.fire_sites.restype = _int
+    return library
+
+
+def available() -> bool:
+    """Whether the fused kernels are enabled, compiled and loaded (else the PyTorch path runs)."""
+    return _enabled and _library() is not None
+
+
+@contextmanager
+def disabled() -> Iterator[None]:
+    """Run the PyTorch path inside the block (for side-by-side tests and benchmarks)."""
+    global _enabled
+    previous, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = previous
+
+
+def applicable(*tensors: torch.Tensor) -> bool:
+    """The kernels take contiguous float32 CPU tensors outside autograd and tracing."""
+    return (available() and not torch.is_grad_enabled() and not torch.jit.is_tracing()
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors))
+
+
+@lru_cache(maxsize=1)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sdm-site")
+
+
+def _split(count: int, call) -> list:
+    """Run call(begin, end) over [0, count) in torch.get_num_threads() ranges."""
+    workers = max(1, min(torch.get_num_threads(), count))
+    if workers == 1:
+        return [call(0, count)]
+    bounds = [count * k // workers for k in range(workers + 1)]
+    return list(_pool(workers).map(call, bounds[:-1], bounds[1:]))
+
+
+def _address(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def running_mean(seq: torch.Tensor) -> torch.Tensor:
+    """cumsum(seq, 0) / (1, 2, ..., T) for a contiguous float32 [T, ...] tensor, as a new tensor."""
+    out = torch.empty_like(seq)
+    steps, n = seq.shape[0], seq[0].numel()
+    library = _library()
+    _split(n, lambda begin, end: library.running_mean(seq.data_ptr(), out.data_ptr(), steps, n, begin, end))
+    return out
+
+
+def fire(values: torch.Tensor, *, clamp: tuple[torch.Tensor, torch.Tensor] | None, tsm: torch.Tensor | None,
+         fire_pos: torch.Tensor, theta_pos: torch.Tensor, fire_neg: torch.Tensor | None,
+         negative_spike: torch.Tensor | None, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Increments of t * clamp(values[t]), (TSM), IF neurons from rest, output shift, in place.
+
+    values: contiguous [T, B, C, ...]; per-channel parameters are contiguous [C] tensors; the
+    negative pair is None for unsigned neurons. Returns (spikes + shift written over `values`,
+    final membrane [B, C, ...], number of spikes).
+    """
+    steps, batch, channels = values.shape[0], values.shape[1], values.shape[2]
+    hw = values[0, 0, 0].numel()
+    rows = batch * channels
+    membrane = torch.empty(values.shape[1:], dtype=values.dtype)
+    low, high = clamp if clamp is not None else (None, None)
+    library = _library()
+    pointers = [_address(t) for t in (low, high, tsm, fire_pos, theta_pos, fire_neg, negative_spike)]
+
+    def run(begin: int, end: int) -> int:
+        return library.fire_sites(values.data_ptr(), membrane.data_ptr(), steps, rows, hw, channels, *pointers,
+                                  shift.data_ptr(), begin, end)
+
+    counts = _split(rows, run)
+    if min(counts) < 0:
+        raise MemoryError("site kernel could not allocate its scratch row")
+    return values, membrane, sum(counts)

@@ -1,0 +1,80 @@
+"""The fused site kernel: the reference tensor arithmetic, bit for bit, or a clean fallback."""
+
+import pytest
+import torch
+
+from converter import site_kernel
+from converter.layers import SpikingActivation
+
+pytestmark = pytest.mark.skipif(not site_kernel.available(), reason="no C compiler: the PyTorch path runs")
+
+
+def test_running_mean_equals_cumsum_over_t():
+    seq = torch.randn(8, 3, 5, 7, generator=torch.Generator().manual_seed(0)) * 1e3
+    t = torch.arange(1, 9, dtype=torch.float32).view(-1, 1, 1, 1)
+    with torch.no_grad():
+        assert torch.equal(site_kernel.running_mean(seq), seq.cumsum(0) / t)
+
+
+def _site(signed: bool, tsm: bool, generator: torch.Generator) -> SpikingActivation:
+    norm = torch.nn.GroupNorm(2, 6)
+    site = SpikingActivation("s", norm, torch.nn.SiLU(), 6, timesteps=5, signed=signed, membrane_init=0.5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0, generator=generator)
+        site.neuron.threshold_pos.uniform_(0.05, 0.6, generator=generator)
+        site.neuron.threshold_neg.uniform_(0.02, 0.3, generator=generator)
+        site.output_shift.uniform_(-0.1, 0.1, generator=generator)
+        if tsm:
+            site.tsm = torch.nn.Parameter(torch.rand(5, generator=generator) + 0.5)
+    site.neuron.threshold_scale = 1.1
+    return site
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("tsm", [False, True])
+def test_fused_site_equals_the_tensor_op_paths(signed, tsm):
+    generator = torch.Generator().manual_seed(3)
+    site = _site(signed, tsm, generator)
+    current = torch.randn(5 * 3, 6, 4, 4, generator=generator)
+    site.neuron.monitor = True
+    outputs, counts, membranes = [], [], []
+    for mode in ("fused", "in-place", "autograd"):
+        site.neuron.reset()
+        site.neuron.reset_monitor()
+        if mode == "autograd":
+            out = site(current.clone().requires_grad_(True)).detach()
+        else:
+            with torch.no_grad():
+                if mode == "fused":
+                    out = site(current)
+                else:
+                    with site_kernel.disabled():
+                        out = site(current)
+        outputs.append(out)
+        counts.append((site.neuron.spike_count, site.neuron.neuron_steps))
+        membranes.append(site.neuron.v.detach())
+    assert counts[0][0] > 0
+    for other in range(1, 3):
+        assert torch.equal(outputs[0], outputs[other])
+        assert counts[0] == counts[other]
+        assert torch.equal(membranes[0], membranes[other])
+
+
+def test_the_kernel_leaves_its_input_current_alone():
+    site = _site(True, False, torch.Generator().manual_seed(4))
+    current = torch.randn(10, 6, 4, 4)
+    before = current.clone()
+    with torch.no_grad():
+        site(current)
+    assert torch.equal(current, before)
+
+
+def test_without_a_compiler_the_tensor_path_is_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    site_kernel._library.cache_clear()
+    try:
+        assert not site_kernel.available()
+        assert not list(tmp_path.rglob("*.so"))
+    finally:
+        site_kernel._library.cache_clear()  # later callers see the restored environment
