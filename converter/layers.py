@@ -124,35 +124,32 @@ class SpikingActivation(nn.Module):
         return drive
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
-        if site_kernel.applicable(current) and isinstance(self.neuron.v, float) and self.neuron.v == 0.0:
+        """All T steps of the site, from rest. The final membranes are dropped, not kept until the
+        next reset: held for every site they would double the UNet's working memory at T = 1."""
+        self.neuron.reset()
+        if site_kernel.applicable(current, self.neuron.threshold_pos, self.neuron.threshold_neg, self.output_shift,
+                                  *(() if self.tsm is None else (self.tsm,))):
             return self._fused_forward(current)
         drive = self.drive_sequence(current)
         if _functional():
             spikes = self.neuron(drive).flatten(0, 1)
         else:
             spikes = self.neuron.inference_steps(drive, in_place=True).flatten(0, 1)
+        self.neuron.reset()
         shift = self.output_shift.view(1, -1, *([1] * (spikes.dim() - 2)))
         return spikes + shift if _functional() else spikes.add_(shift)
 
 
     def _fused_forward(self, current: torch.Tensor) -> torch.Tensor:
-        """forward() from rest with the site kernel: the same arithmetic in one pass per step."""
-        running = site_kernel.running_mean(current.unflatten(0, (self.timesteps, -1)))
-        values = self.norm(running.flatten(0, 1))
+        """forward() with the site kernel: the same arithmetic, one pass over memory per stage."""
+        # No name holds the running mean: it is freed as soon as the norm has read it.
+        values = self.norm(site_kernel.running_mean(current.unflatten(0, (self.timesteps, -1))).flatten(0, 1))
         neuron = self.neuron
         if neuron.signed:
             values = self.activation(values)
-        theta_pos, theta_neg, fire_pos, fire_neg = (p.reshape(-1).contiguous() for p in neuron.firing_levels(values))
-        negative_spike = -theta_neg
-        spikes, membrane, count = site_kernel.fire(
-            values.contiguous().unflatten(0, (self.timesteps, -1)),
-            clamp=(negative_spike, theta_pos) if neuron.signed else None,
-            tsm=None if self.tsm is None else self.tsm.detach().contiguous(),
-            fire_pos=fire_pos, theta_pos=theta_pos,
-            fire_neg=fire_neg if neuron.signed else None, negative_spike=negative_spike if neuron.signed else None,
-            shift=self.output_shift.contiguous(),
-        )
-        neuron.v = membrane
+        tsm = None if self.tsm is None else self.tsm.detach()
+        spikes, count = site_kernel.fire(values.contiguous().unflatten(0, (self.timesteps, -1)), neuron,
+                                         self.output_shift, tsm)
         if neuron.monitor:
             neuron.spike_count += float(count)
             neuron.neuron_steps += spikes.numel()

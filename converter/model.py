@@ -15,7 +15,6 @@ import torch
 from diffusers import ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
-from spikingjelly.activation_based import functional
 
 from calibration.thresholds import SiteThresholds
 from converter.layers import FrozenGroupNorm, SpikingActivation
@@ -28,7 +27,7 @@ from converter.tsm import enable_tsm
 # A pass holds about batch / PASS_ROWS_DIVISOR rows (T per input): the sites keep extra
 # activation-sized buffers, so half the batch's rows keeps the working set at or below the ANN's
 # (eval/bench.py measures it); convolutions on CPU are no slower at half the batch.
-PASS_ROWS_DIVISOR = 2
+PASS_ROWS_DIVISOR = 1
 
 
 class SpikingUNet2DModel(ModelMixin, ConfigMixin):
@@ -162,8 +161,7 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
 
     def _simulate(self, sample: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         """One stacked pass: T time steps folded into the batch (t-major), from reset state."""
-        steps, batch = self.timesteps, sample.shape[0]
-        functional.reset_net(self)
+        steps, batch = self.timesteps, sample.shape[0]  # every site starts its neurons from rest
         out = self.unet(
             sample.repeat(steps, *([1] * (sample.dim() - 1))),
             timesteps.repeat(steps),

@@ -43,26 +43,29 @@ void running_mean(const float *x, float *out, int64_t steps, int64_t n, int64_t 
 
    values: [T][rows][hw], the site's nonlinearity on the running mean; overwritten with the spikes
    (+theta_pos / -theta_neg / 0) plus the per-channel output shift. Row r has channel r % channels.
-   membrane: [rows][hw], receives each neuron's final (shifted) membrane potential.
-   low/high: clamp bounds per channel, or NULL for no clamp; tsm: T factors or NULL;
-   fire_neg/neg_spike: NULL for unsigned neurons. Returns the number of spikes in the range.
-   The defaults for NULL (infinite bounds, factor 1, a NaN level that never compares true) leave
-   every value exactly as it is, so one branch-free loop serves all cases. */
+   Thresholds per channel are threshold * scale (threshold guidance); a neuron starts at rest and
+   fires at +-margin * theta (its membrane is stored shifted by the initial charge), exactly as
+   SignedIFNode.firing_levels computes them. Signed sites first clamp values to
+   [-theta_neg, theta_pos]; unsigned ones neither clamp nor fire negative spikes.
+   tsm: T factors or NULL. Returns the number of spikes in the range, -1 if out of memory.
+   The unused cases take values that leave every number exactly as it is (infinite bounds,
+   factor 1, a NaN level that never compares true), so one branch-free loop serves all. */
 SDM_CLONES
-int64_t fire_sites(float *restrict values, float *restrict membrane, int64_t steps, int64_t rows, int64_t hw,
-                   int64_t channels, const float *low, const float *high, const float *tsm,
-                   const float *fire_pos, const float *theta_pos, const float *fire_neg, const float *neg_spike,
-                   const float *shift, int64_t begin, int64_t end) {
-    float *restrict previous = (float *)malloc(sizeof(float) * (size_t)hw);
+int64_t fire_sites(float *restrict values, int64_t steps, int64_t rows, int64_t hw, int64_t channels,
+                   const float *threshold_pos, const float *threshold_neg, float scale, float margin,
+                   int64_t is_signed, const float *tsm, const float *shift, int64_t begin, int64_t end) {
+    float *restrict previous = (float *)malloc(sizeof(float) * 2 * (size_t)hw);
     if (previous == NULL) return -1;
+    float *restrict v = previous + hw; /* membranes of one row, (shifted) from rest */
+    const float negative_margin = -margin;
     int64_t spikes = 0;
     const int64_t step_stride = rows * hw;
     for (int64_t r = begin; r < end; ++r) {
         const int64_t c = r % channels;
-        float *restrict v = membrane + r * hw;
-        const float fp = fire_pos[c], tp = theta_pos[c], sh = shift[c];
-        const float fn = fire_neg ? fire_neg[c] : NAN, ns = neg_spike ? neg_spike[c] : 0.0f;
-        const float lo = low ? low[c] : -INFINITY, hi = high ? high[c] : INFINITY;
+        const float tp = threshold_pos[c] * scale, tn = threshold_neg[c] * scale;
+        const float fp = margin * tp, sh = shift[c];
+        const float fn = is_signed ? negative_margin * tn : NAN, ns = is_signed ? -tn : 0.0f;
+        const float lo = is_signed ? -tn : -INFINITY, hi = is_signed ? tp : INFINITY;
         int32_t fired = 0;
         for (int64_t i = 0; i < hw; ++i) { v[i] = 0.0f; previous[i] = 0.0f; }
         for (int64_t t = 0; t < steps; ++t) {

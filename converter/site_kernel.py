@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from converter.neurons import SignedIFNode
+
 SOURCE = Path(__file__).with_name("site_kernel.c")
 FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC"]
 _pointer = ctypes.c_void_p
@@ -68,7 +70,8 @@ def _library() -> ctypes.CDLL | None:
         return None
     library.running_mean.argtypes = [_pointer, _pointer, _int, _int, _int, _int]
     library.running_mean.restype = None
-    library.fire_sites.argtypes = [_pointer, _pointer, _int, _int, _int, _int] + [_pointer] * 8 + [_int, _int]
+    library.fire_sites.argtypes = [_pointer, _int, _int, _int, _int, _pointer, _pointer, ctypes.c_float, ctypes.c_float,
+                                   _int, _pointer, _pointer, _int, _int]
     library.fire_sites.restype = _int
     return library
 
@@ -122,28 +125,23 @@ def running_mean(seq: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def fire(values: torch.Tensor, *, clamp: tuple[torch.Tensor, torch.Tensor] | None, tsm: torch.Tensor | None,
-         fire_pos: torch.Tensor, theta_pos: torch.Tensor, fire_neg: torch.Tensor | None,
-         negative_spike: torch.Tensor | None, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Increments of t * clamp(values[t]), (TSM), IF neurons from rest, output shift, in place.
-
-    values: contiguous [T, B, C, ...]; per-channel parameters are contiguous [C] tensors; the
-    negative pair is None for unsigned neurons. Returns (spikes + shift written over `values`,
-    final membrane [B, C, ...], number of spikes).
-    """
+def fire(values: torch.Tensor, neuron: SignedIFNode, shift: torch.Tensor, tsm: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """Increments of t * clamp(values[t]) (times TSM's p[t]) into `neuron`'s kind of IF neurons
+    from rest, plus the per-channel output shift, written over `values` ([T, B, C, ...],
+    contiguous). Thresholds, clamp bounds and firing levels are derived in the kernel with
+    SignedIFNode.firing_levels' arithmetic. Returns (values, number of spikes)."""
     steps, batch, channels = values.shape[0], values.shape[1], values.shape[2]
     hw = values[0, 0, 0].numel()
     rows = batch * channels
-    membrane = torch.empty(values.shape[1:], dtype=values.dtype)
-    low, high = clamp if clamp is not None else (None, None)
     library = _library()
-    pointers = [_address(t) for t in (low, high, tsm, fire_pos, theta_pos, fire_neg, negative_spike)]
+    scale, margin = float(neuron.threshold_scale), 1.0 - neuron.membrane_init
+    constants = (neuron.threshold_pos.data_ptr(), neuron.threshold_neg.data_ptr(), scale, margin, int(neuron.signed),
+                 _address(tsm), shift.data_ptr())
 
     def run(begin: int, end: int) -> int:
-        return library.fire_sites(values.data_ptr(), membrane.data_ptr(), steps, rows, hw, channels, *pointers,
-                                  shift.data_ptr(), begin, end)
+        return library.fire_sites(values.data_ptr(), steps, rows, hw, channels, *constants, begin, end)
 
     counts = _split(rows, run)
     if min(counts) < 0:
         raise MemoryError("site kernel could not allocate its scratch row")
-    return values, membrane, sum(counts)
+    return values, sum(counts)

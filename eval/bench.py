@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -73,7 +74,10 @@ def cpu_peak_mib(ann: str, timesteps: int, batch: int, threads: int) -> float | 
     call) shows what the call itself needed. timesteps 0 means the ANN.
     """
     command = [sys.executable, __file__, "--memory-worker", ann, str(timesteps), str(batch), str(threads)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    # A fixed mmap threshold: glibc then maps every tensor-sized block on its own and unmaps it
+    # when freed, so resident memory follows live tensors instead of the heap's history.
+    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment)
     try:
         return float(done.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):

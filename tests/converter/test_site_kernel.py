@@ -18,7 +18,7 @@ def test_running_mean_equals_cumsum_over_t():
 
 def _site(signed: bool, tsm: bool, generator: torch.Generator) -> SpikingActivation:
     norm = torch.nn.GroupNorm(2, 6)
-    site = SpikingActivation("s", norm, torch.nn.SiLU(), 6, timesteps=5, signed=signed, membrane_init=0.5)
+    site = SpikingActivation("s", norm, torch.nn.SiLU(), 6, timesteps=5, signed=signed, membrane_init=0.3)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 2.0, generator=generator)
         site.neuron.threshold_pos.uniform_(0.05, 0.6, generator=generator)
@@ -37,7 +37,7 @@ def test_fused_site_equals_the_tensor_op_paths(signed, tsm):
     site = _site(signed, tsm, generator)
     current = torch.randn(5 * 3, 6, 4, 4, generator=generator)
     site.neuron.monitor = True
-    outputs, counts, membranes = [], [], []
+    outputs, counts = [], []
     for mode in ("fused", "in-place", "autograd"):
         site.neuron.reset()
         site.neuron.reset_monitor()
@@ -52,12 +52,11 @@ def test_fused_site_equals_the_tensor_op_paths(signed, tsm):
                         out = site(current)
         outputs.append(out)
         counts.append((site.neuron.spike_count, site.neuron.neuron_steps))
-        membranes.append(site.neuron.v.detach())
+        assert site.neuron.v == 0.0  # membranes are not held after the call
     assert counts[0][0] > 0
     for other in range(1, 3):
         assert torch.equal(outputs[0], outputs[other])
         assert counts[0] == counts[other]
-        assert torch.equal(membranes[0], membranes[other])
 
 
 def test_the_kernel_leaves_its_input_current_alone():
