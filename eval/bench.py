@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -24,6 +25,7 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from calibration.collect import CalibrationSettings, calibrate_data_free  # noqa: E402
+from converter import site_kernel  # noqa: E402
 from converter.cli import resolve_device  # noqa: E402
 from converter.convert import convert  # noqa: E402
 from converter.export import atomic_folder, ensure_free_target  # noqa: E402
@@ -67,7 +69,7 @@ def measure(model, x: torch.Tensor, device: torch.device) -> tuple[float, float 
     return time.perf_counter() - start, None
 
 
-def cpu_peak_mib(ann: str, timesteps: int, batch: int, threads: int) -> float | None:
+def cpu_peak_mib(ann: str, timesteps: int, batch: int, threads: int, fused: bool = True) -> float | None:
     """Peak resident memory of one UNet call above the memory held before it, in a fresh process.
 
     A fresh process has no freed-but-resident heap to reuse, so VmHWM (reset just before the
@@ -76,7 +78,7 @@ def cpu_peak_mib(ann: str, timesteps: int, batch: int, threads: int) -> float | 
     command = [sys.executable, __file__, "--memory-worker", ann, str(timesteps), str(batch), str(threads)]
     # A fixed mmap threshold: glibc then maps every tensor-sized block on its own and unmaps it
     # when freed, so resident memory follows live tensors instead of the heap's history.
-    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "SDM_FUSED_SITES": "1" if fused else "0"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment)
     try:
         return float(done.stdout.strip().splitlines()[-1])
@@ -95,6 +97,21 @@ def _memory_worker(ann: str, timesteps: int, batch: int, threads: int) -> None:
     before = _resident_kib("VmRSS")
     model(x, 500)
     print((_resident_kib("VmHWM") - before) / 1024)
+
+
+class Variant(NamedTuple):
+    """One timed model: the ANN (timesteps 0) or an SNN, with or without the fused site kernel."""
+
+    name: str
+    model: torch.nn.Module
+    timesteps: int
+    fused: bool
+
+    def measure(self, x: torch.Tensor, device: torch.device) -> tuple[float, float | None]:
+        if self.fused:
+            return measure(self.model, x, device)
+        with site_kernel.disabled():
+            return measure(self.model, x, device)
 
 
 def _summary(values: list[float]) -> dict:
@@ -119,39 +136,43 @@ def bench(args: argparse.Namespace) -> dict:
     snns = {t: convert(source, record, ConversionPolicy(timesteps=t)).to(device) for t in timesteps}
     converted = time.perf_counter()
     ann = source.unet.to(device)
+    variants = [Variant("ann", ann, 0, True)]
+    for t in timesteps:
+        variants.append(Variant(f"snn-T{t}", snns[t], t, True))
+        if args.tensor_ops:
+            variants.append(Variant(f"snn-T{t} tensor ops", snns[t], t, False))
     rows = []
     for batch in batches:
         x = torch.randn(batch, ann.config.in_channels, ann.config.sample_size, ann.config.sample_size, device=device)
-        models = {"ann": ann, **{f"snn-T{t}": snns[t] for t in timesteps}}
-        for model in models.values():  # warm-up
-            measure(model, x, device)
-        times: dict[str, list[float]] = {name: [] for name in models}
-        peaks: dict[str, list[float]] = {name: [] for name in models}
+        for variant in variants:  # warm-up
+            variant.measure(x, device)
+        times: dict[str, list[float]] = {v.name: [] for v in variants}
+        peaks: dict[str, list[float]] = {v.name: [] for v in variants}
         for _ in range(args.repeats):
-            for name, model in models.items():
-                seconds, peak = measure(model, x, device)
-                times[name].append(seconds)
+            for variant in variants:
+                seconds, peak = variant.measure(x, device)
+                times[variant.name].append(seconds)
                 if peak is not None:
-                    peaks[name].append(peak)
+                    peaks[variant.name].append(peak)
         if device.type == "cpu":
-            for name in models:
-                t = 0 if name == "ann" else int(name.split("T")[1])
-                peak = cpu_peak_mib(args.ann, t, batch, args.threads)
-                peaks[name] = [] if peak is None else [peak]
+            for variant in variants:
+                peak = cpu_peak_mib(args.ann, variant.timesteps, batch, args.threads, variant.fused)
+                peaks[variant.name] = [] if peak is None else [peak]
         ann_median = statistics.median(times["ann"])
         ann_peak = max(peaks["ann"]) if peaks["ann"] else None
-        for name in models:
-            t = 1 if name == "ann" else int(name.split("T")[1])
+        for variant in variants:
+            name, t = variant.name, max(variant.timesteps, 1)
             median = statistics.median(times[name])
             peak = max(peaks[name]) if peaks[name] else None
             rows.append({
-                "model": name, "timesteps": None if name == "ann" else t, "batch": batch,
-                "seconds_per_eval": _summary(times[name]), "seconds_per_sample_eval": median / batch,
+                "model": name, "timesteps": variant.timesteps or None, "site_kernel": variant.fused and t > 0,
+                "batch": batch, "seconds_per_eval": _summary(times[name]), "seconds_per_sample_eval": median / batch,
                 "over_ann": median / ann_median, "over_T_x_ann": median / (t * ann_median),
                 "peak_mib": peak, "peak_over_ann": (peak / ann_peak) if peak and ann_peak else None,
             })
     result = {
         "device": str(device), "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "site_kernel_available": site_kernel.available(),
         "calibration_seconds": calibrated - start,
         "conversion_seconds_per_T": (converted - calibrated) / len(timesteps),
         "rows": rows,
@@ -165,7 +186,8 @@ def bench(args: argparse.Namespace) -> dict:
 def markdown(result: dict) -> str:
     lines = [f"# SNN vs ANN speed ({result['device']}, {result['threads']} threads, {result['repeats']} repeats)", "",
              f"Calibration (default size) {result['calibration_seconds']:.1f} s; conversion "
-             f"{result['conversion_seconds_per_T']:.1f} s per T.", "",
+             f"{result['conversion_seconds_per_T']:.1f} s per T. Fused site kernel: "
+             f"{'compiled and used' if result['site_kernel_available'] else 'not available (tensor ops)'}.", "",
              "| model | batch | s / eval (median) | min–max | SNN/ANN | SNN/(T·ANN) | peak MiB | peak / ANN |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["rows"]:
@@ -189,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--tensor-ops", action="store_true",
+                   help="also time each SNN with its sites as plain PyTorch ops (the fallback without a C compiler)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
