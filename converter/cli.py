@@ -13,6 +13,7 @@ import torch
 
 from calibration.collect import CalibrationSettings, calibrate_data_free, calibrate_from_data
 from calibration.record import CalibrationRecord
+from converter.allocator import retain_freed_memory
 from converter.convert import convert
 from converter.export import atomic_folder, ensure_free_target, save_converted
 from converter.mapping import check_convertible
@@ -211,6 +212,7 @@ def fidelity_check(source, snn, args: argparse.Namespace, folder: Path, device: 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    retain_freed_memory()
     summary, code = run_reporting_errors("sdm-convert", lambda: run(args))
     if code:
         return code

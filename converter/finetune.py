@@ -35,6 +35,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from tqdm.auto import tqdm
 
 from calibration.record import CalibrationError, CalibrationRecord
+from converter.allocator import retain_freed_memory
 from converter.export import atomic_folder, load_converted, save_converted
 from converter.model import SpikingUNet2DModel
 from converter.operations import operations_report
@@ -504,6 +505,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    retain_freed_memory()
     try:
         summary, code = run_reporting_errors("sdm-finetune", lambda: run(args))
     except KeyboardInterrupt:

@@ -26,6 +26,7 @@ import torch  # noqa: E402
 
 from calibration.collect import CalibrationSettings, calibrate_data_free  # noqa: E402
 from converter import site_kernel  # noqa: E402
+from converter.allocator import retain_freed_memory  # noqa: E402
 from converter.cli import resolve_device  # noqa: E402
 from converter.convert import convert  # noqa: E402
 from converter.export import atomic_folder, ensure_free_target  # noqa: E402
@@ -126,6 +127,7 @@ def bench(args: argparse.Namespace) -> dict:
     if not timesteps or not batches or min(timesteps + batches) < 1 or args.repeats < 1:
         raise SdmError("timesteps, batch sizes and repeats must be non-empty and >= 1")
     ensure_free_target(args.out, args.overwrite)
+    retained = args.allocator == "retain" and retain_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     source = load_source_model(args.ann)
@@ -172,7 +174,7 @@ def bench(args: argparse.Namespace) -> dict:
             })
     result = {
         "device": str(device), "threads": torch.get_num_threads(), "repeats": args.repeats,
-        "site_kernel_available": site_kernel.available(),
+        "site_kernel_available": site_kernel.available(), "allocator": "retain" if retained else "default",
         "calibration_seconds": calibrated - start,
         "conversion_seconds_per_T": (converted - calibrated) / len(timesteps),
         "rows": rows,
@@ -187,7 +189,8 @@ def markdown(result: dict) -> str:
     lines = [f"# SNN vs ANN speed ({result['device']}, {result['threads']} threads, {result['repeats']} repeats)", "",
              f"Calibration (default size) {result['calibration_seconds']:.1f} s; conversion "
              f"{result['conversion_seconds_per_T']:.1f} s per T. Fused site kernel: "
-             f"{'compiled and used' if result['site_kernel_available'] else 'not available (tensor ops)'}.", "",
+             f"{'compiled and used' if result['site_kernel_available'] else 'not available (tensor ops)'}; "
+             f"allocator: {result['allocator']}.", "",
              "| model | batch | s / eval (median) | min–max | SNN/ANN | SNN/(T·ANN) | peak MiB | peak / ANN |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["rows"]:
@@ -211,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--allocator", choices=("retain", "default"), default="retain",
+                   help="retain: keep freed buffers mapped (converter/allocator.py), as the sampling commands do; "
+                        "default: glibc's own thresholds")
     p.add_argument("--tensor-ops", action="store_true",
                    help="also time each SNN with its sites as plain PyTorch ops (the fallback without a C compiler)")
     p.add_argument("--out", type=Path, required=True)

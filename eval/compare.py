@@ -15,6 +15,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from converter.allocator import retain_freed_memory  # noqa: E402
 from converter.export import atomic_folder, ensure_free_target, load_converted  # noqa: E402
 from eval.images import save_grid_rows, save_npz_images, to_uint8  # noqa: E402
 from eval.paired import PairedSettings, check_same_source, measure_snn, sample_ann  # noqa: E402
@@ -116,6 +117,7 @@ def _report(args: argparse.Namespace, source, runs: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    retain_freed_memory()
     report, code = run_reporting_errors("compare.py", lambda: ann_vs_snn(args))
     if code:
         return code

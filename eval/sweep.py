@@ -19,6 +19,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from calibration.record import CalibrationRecord  # noqa: E402
+from converter.allocator import retain_freed_memory  # noqa: E402
 from converter.cli import resolve_device  # noqa: E402
 from converter.convert import convert  # noqa: E402
 from converter.export import atomic_folder, ensure_free_target  # noqa: E402
@@ -151,6 +152,7 @@ def _write(rows: list[dict], folder: Path, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    retain_freed_memory()
     rows, code = run_reporting_errors("sweep.py", lambda: sweep(args))
     if code:
         return code
