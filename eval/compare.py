@@ -24,7 +24,7 @@ from eval.images import save_grid_rows, save_npz_images, to_uint8  # noqa: E402
 from eval.paired import PairedSettings, check_same_source, measure_snn, sample_ann  # noqa: E402
 from eval.plots import plot_metric_curves, plot_spike_rates  # noqa: E402
 from eval.report import FidContext, write_markdown  # noqa: E402
-from eval.sampling import SAMPLERS  # noqa: E402
+from eval.sampling import add_sampling_arguments  # noqa: E402
 from pretrained.loading import load_source_model  # noqa: E402
 from pretrained.zoo import DEFAULT_MODEL  # noqa: E402
 from sdm_errors import SdmError, run_reporting_errors  # noqa: E402
@@ -36,27 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ann-vs-snn", help="sample ANN and SNN(s) from the same noise and report how close they are")
     p.add_argument("--ann", default=DEFAULT_MODEL, help=f"source ANN (path or embedded name; default {DEFAULT_MODEL})")
     p.add_argument("--snn", nargs="+", required=True, type=Path, help="converted model folder(s) made by sdm-convert")
-    p.add_argument("--num-samples", type=int, default=16, help="images per model (default 16)")
-    p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the shared noise (default 0)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="ddim (eta 0, default), ddpm, dpm (DPM-Solver++)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    add_sampling_arguments(p, num_samples=16, steps=20, batch_size=16)
     p.add_argument("--fid-ref", type=Path, default=None, help="reference Inception statistics (.npz from eval.reference_stats)")
     p.add_argument("--fid", action="store_true", help="compute FID between ANN and SNN samples even without --fid-ref")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     f = sub.add_parser("ann-fid", help="sample one ANN and measure its FID against reference statistics")
     f.add_argument("--ann", default=DEFAULT_MODEL, help=f"ANN (path or embedded name; default {DEFAULT_MODEL})")
     f.add_argument("--fid-ref", type=Path, required=True, help="reference Inception statistics (.npz from eval.reference_stats)")
-    f.add_argument("--num-samples", type=int, default=5000, help="images (default 5000)")
-    f.add_argument("--steps", type=int, default=100, help="sampler steps (default 100)")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--sampler", choices=SAMPLERS, default="ddim")
-    f.add_argument("--batch-size", type=int, default=64)
-    f.add_argument("--device", default="cpu")
-    f.add_argument("--out", type=Path, required=True)
-    f.add_argument("--overwrite", action="store_true")
+    add_sampling_arguments(f, num_samples=5000, steps=100, batch_size=64)
+    f.add_argument("--out", type=Path, required=True, help="output folder")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     return parser
 
 

@@ -8,6 +8,7 @@ of the predicted noise then measures the UNet alone, not the drift of two trajec
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,6 +21,16 @@ from sdm_errors import SdmError
 
 SAMPLERS = ("ddim", "ddpm", "dpm")
 UNet = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, *, num_samples: int, steps: int, batch_size: int) -> None:
+    """The sampling options every evaluation command shares, with that command's defaults."""
+    parser.add_argument("--num-samples", type=int, default=num_samples, help=f"images per model (default {num_samples})")
+    parser.add_argument("--steps", type=int, default=steps, help=f"sampler steps (default {steps})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="ddim (eta 0, default), ddpm, dpm (DPM-Solver++)")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"images per batch (default {batch_size})")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
 
 
 def make_sampler(name: str, scheduler_config: dict, steps: int):

@@ -26,7 +26,7 @@ from converter.export import atomic_folder, ensure_free_target  # noqa: E402
 from converter.policy import THRESHOLD_METHODS, ConversionPolicy  # noqa: E402
 from eval.paired import PairedSettings, measure_snn, sample_ann  # noqa: E402
 from eval.plots import plot_metric_curves  # noqa: E402
-from eval.sampling import SAMPLERS  # noqa: E402
+from eval.sampling import add_sampling_arguments  # noqa: E402
 from pretrained.loading import load_source_model  # noqa: E402
 from pretrained.zoo import DEFAULT_MODEL  # noqa: E402
 from sdm_errors import SdmError, run_reporting_errors  # noqa: E402
@@ -53,12 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", default="4", help="comma list of T (default 4)")
     p.add_argument("--scales", default="1.0", help="comma list of threshold scales (TG; default 1.0)")
     p.add_argument("--policy", default="{}", help='other conversion options as JSON, e.g. \'{"negative_lobe": "relu"}\'')
-    p.add_argument("--num-samples", type=int, default=8, help="images per setting (default 8)")
-    p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cpu")
+    add_sampling_arguments(p, num_samples=8, steps=20, batch_size=16)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true")
     return p
