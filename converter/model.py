@@ -24,12 +24,6 @@ from converter.policy import ConversionPolicy
 from converter.tsm import enable_tsm
 
 
-# A pass holds about batch / PASS_ROWS_DIVISOR rows (T per input): the sites keep extra
-# activation-sized buffers, so half the batch's rows keeps the working set at or below the ANN's
-# (eval/bench.py measures it); convolutions on CPU are no slower at half the batch.
-PASS_ROWS_DIVISOR = 1
-
-
 class SpikingUNet2DModel(ModelMixin, ConfigMixin):
     """A spiking UNet converted from a diffusers `UNet2DModel`."""
 
@@ -119,11 +113,11 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
             neuron.reset_monitor()
 
     def set_inputs_per_pass(self, inputs: int | None) -> None:
-        """How many inputs one stacked pass simulates (each as T rows); None: ceil(batch / (2 T)).
+        """How many inputs one stacked pass simulates (each as T rows); None: ceil(batch / T).
 
-        The default keeps a pass at about half the batch's row count, so the SNN's working memory
-        stays at or below the ANN's at the same batch; a larger value trades memory for fewer,
-        larger passes (useful on a GPU at small batch).
+        The default gives a pass about as many rows as the batch, so the SNN's working memory and
+        its convolutions' shapes match the ANN's at the same batch (eval/bench.py measures both);
+        a larger value trades memory for fewer, larger passes (useful on a GPU at small batch).
         """
         if inputs is not None and inputs < 1:
             raise ValueError(f"inputs per pass must be >= 1, got {inputs}")
@@ -133,7 +127,7 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
         if torch.jit.is_tracing():  # one pass, so an exported graph keeps its batch dimension dynamic
             return batch
         chosen = self.inputs_per_pass
-        return chosen if chosen is not None else max(1, -(-batch // (PASS_ROWS_DIVISOR * self.timesteps)))
+        return chosen if chosen is not None else max(1, -(-batch // self.timesteps))
 
     def forward(
         self,
