@@ -14,8 +14,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from torch import nn
 from tqdm.auto import tqdm
 
-from calibration.record import CalibrationError, CalibrationRecord, SiteStats
-from calibration.sites import activation_sites
+from sdm.calibration.record import CalibrationError, CalibrationRecord, SiteStats
+from sdm.calibration.sites import activation_sites
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from diffusers.models.activations import ACT2CLS, get_activation
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
-from sdm_errors import SdmError
+from sdm.core.errors import SdmError
 
 
 @dataclass(frozen=True)

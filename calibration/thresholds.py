@@ -18,8 +18,8 @@ from typing import Callable
 
 import torch
 
-from calibration.record import CalibrationError, CalibrationRecord, SiteStats
-from calibration.sites import activation_function
+from sdm.calibration.record import CalibrationError, CalibrationRecord, SiteStats
+from sdm.calibration.sites import activation_function
 
 MIN_THRESHOLD = 1e-4
 MSE_CANDIDATES = 16

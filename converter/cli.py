@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration.collect import CalibrationSettings, calibrate_data_free, calibrate_from_data
-from calibration.record import CalibrationRecord
-from converter.allocator import retain_freed_memory
-from converter.convert import convert
-from converter.export import atomic_folder, ensure_free_target, save_converted
-from converter.mapping import check_convertible
-from converter.operations import operations_report
-from converter.policy import (
+from sdm.calibration.collect import CalibrationSettings, calibrate_data_free, calibrate_from_data
+from sdm.calibration.record import CalibrationRecord
+from sdm.converter.allocator import retain_freed_memory
+from sdm.converter.convert import convert
+from sdm.converter.export import atomic_folder, ensure_free_target, save_converted
+from sdm.converter.mapping import check_convertible
+from sdm.converter.operations import operations_report
+from sdm.converter.policy import (
     ATTENTION_MODES,
     GRANULARITIES,
     INPUT_ENCODINGS,
@@ -27,11 +27,12 @@ from converter.policy import (
     THRESHOLD_METHODS,
     ConversionPolicy,
 )
-from eval.images import psnr, save_grid_rows, to_uint8
-from eval.sampling import SAMPLERS, as_eps_function, initial_noise, run_sampler
-from pretrained.loading import load_source_model
-from pretrained.zoo import DEFAULT_MODEL
-from sdm_errors import SdmError, run_reporting_errors
+from sdm.eval.images import psnr, save_grid_rows, to_uint8
+from sdm.eval.sampling import SAMPLERS, as_eps_function, initial_noise, run_sampler
+from sdm.pretrained.loading import load_source_model
+from sdm.pretrained.zoo import DEFAULT_MODEL
+from sdm.core.devices import resolve_device
+from sdm.core.errors import SdmError, run_reporting_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,22 +114,10 @@ def policy_from_args(args: argparse.Namespace) -> ConversionPolicy:
     )
 
 
-def resolve_device(name: str) -> torch.device:
-    """A torch device that exists here, or a one-line error."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SdmError(f"unknown device {name!r}") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise SdmError(f"device {name} does not exist here (CUDA available: {torch.cuda.is_available()})")
-    if device.type not in ("cpu", "cuda"):
-        raise SdmError(f"unsupported device {name!r} (use cpu or cuda)")
-    return device
-
 
 def calibration_images(args: argparse.Namespace, source) -> torch.Tensor:
     """Real images in [-1, 1], NCHW, at the model's resolution, seeded subset of --calib-samples."""
-    from eval.image_data import ImageSource
+    from sdm.eval.image_data import ImageSource
 
     size = source.unet.config.sample_size
     images = ImageSource(args.calib_data, split=args.calib_split, limit=args.calib_samples, resolution=size).load()

@@ -6,13 +6,13 @@ from typing import Any
 
 import torch
 
-from calibration.record import CalibrationRecord
-from calibration.thresholds import input_stats, record_thresholds, site_thresholds
-from converter.layerwise import match_layerwise
-from converter.mapping import INPUT_SITE
-from converter.model import SpikingUNet2DModel
-from converter.policy import ConversionPolicy
-from pretrained.loading import SourceModel
+from sdm.calibration.record import CalibrationRecord
+from sdm.calibration.thresholds import input_stats, record_thresholds, site_thresholds
+from sdm.converter.layerwise import match_layerwise
+from sdm.converter.mapping import INPUT_SITE
+from sdm.converter.model import SpikingUNet2DModel
+from sdm.converter.policy import ConversionPolicy
+from sdm.pretrained.loading import SourceModel
 
 
 def convert(source: SourceModel, record: CalibrationRecord, policy: ConversionPolicy,

@@ -18,9 +18,9 @@ from typing import Iterator
 from diffusers.utils import logging as diffusers_logging
 from safetensors import SafetensorError, safe_open
 
-from calibration.record import CalibrationRecord
-from converter.model import SpikingUNet2DModel
-from sdm_errors import SdmError
+from sdm.calibration.record import CalibrationRecord
+from sdm.converter.model import SpikingUNet2DModel
+from sdm.core.errors import SdmError
 
 
 class ConvertedModelError(SdmError):

@@ -7,11 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from converter.export import load_converted
-from converter.nir_export import export_nir
-from converter.onnx_export import export_onnx
-from pretrained.loading import load_source_model
-from sdm_errors import run_reporting_errors
+from sdm.converter.export import load_converted
+from sdm.converter.nir_export import export_nir
+from sdm.converter.onnx_export import export_onnx
+from sdm.pretrained.loading import load_source_model
+from sdm.core.errors import run_reporting_errors
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,16 +34,16 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from tqdm.auto import tqdm
 
-from calibration.record import CalibrationError, CalibrationRecord
-from converter.allocator import retain_freed_memory
-from converter.export import atomic_folder, load_converted, save_converted
-from converter.model import SpikingUNet2DModel
-from converter.operations import operations_report
-from converter.tsm import TRAINABLE, clamp_thresholds_, freeze, set_trainable, tsm_values
-from pretrained.loading import SourceModel, load_source_model, state_dict_fingerprint
-from pretrained.zoo import DEFAULT_MODEL
-from sdm_errors import SdmError, run_reporting_errors
-from sdm_training import check_output_folder, data_target, device_name, ema_update, load_checkpoint, save_checkpoint, to_model_range, write_loss_log
+from sdm.calibration.record import CalibrationError, CalibrationRecord
+from sdm.converter.allocator import retain_freed_memory
+from sdm.converter.export import atomic_folder, load_converted, save_converted
+from sdm.converter.model import SpikingUNet2DModel
+from sdm.converter.operations import operations_report
+from sdm.converter.tsm import TRAINABLE, clamp_thresholds_, freeze, set_trainable, tsm_values
+from sdm.pretrained.loading import SourceModel, load_source_model, state_dict_fingerprint
+from sdm.pretrained.zoo import DEFAULT_MODEL
+from sdm.core.errors import SdmError, run_reporting_errors
+from sdm.core.training import check_output_folder, data_target, device_name, ema_update, load_checkpoint, save_checkpoint, to_model_range, write_loss_log
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "sdm-finetune-checkpoint/1"
@@ -212,7 +212,7 @@ def build_pool(args: argparse.Namespace, source: SourceModel, record: Calibratio
 
 def load_images(args: argparse.Namespace, snn: SpikingUNet2DModel) -> torch.Tensor:
     """Real images as uint8 NCHW at the model's resolution."""
-    from eval.image_data import ImageSource
+    from sdm.eval.image_data import ImageSource
 
     if snn.config.in_channels != 3:
         raise FinetuneError(f"--data needs a 3-channel (RGB) model; this one has {snn.config.in_channels} input channels")
@@ -381,7 +381,7 @@ def plot_tsm(values: dict[str, list[float]], path: Path) -> None:
 
 
 def resolve_ann(args: argparse.Namespace, snn: SpikingUNet2DModel) -> SourceModel:
-    from eval.paired import check_same_source
+    from sdm.eval.paired import check_same_source
 
     if args.ann is not None:
         name = args.ann
@@ -400,7 +400,7 @@ def prepare_output(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from converter.cli import resolve_device
+    from sdm.core.devices import resolve_device
 
     validate(args)
     device = resolve_device(args.device)

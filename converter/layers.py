@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from converter import site_kernel
-from converter.neurons import SignedIFNode
+from sdm.converter import site_kernel
+from sdm.converter.neurons import SignedIFNode
 
 
 def _functional() -> bool:

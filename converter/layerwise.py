@@ -15,11 +15,11 @@ import torch
 from diffusers import UNet2DModel
 from tqdm.auto import tqdm
 
-from calibration.record import CalibrationError, CalibrationRecord
-from calibration.sites import activation_function, activation_sites
-from calibration.thresholds import MIN_THRESHOLD, mse_search, neuron_quantise
-from converter.layers import SpikingActivation
-from converter.model import SpikingUNet2DModel
+from sdm.calibration.record import CalibrationError, CalibrationRecord
+from sdm.calibration.sites import activation_function, activation_sites
+from sdm.calibration.thresholds import MIN_THRESHOLD, mse_search, neuron_quantise
+from sdm.converter.layers import SpikingActivation
+from sdm.converter.model import SpikingUNet2DModel
 
 MAX_VALUES_PER_CHANNEL = 4096
 

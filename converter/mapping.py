@@ -23,15 +23,15 @@ from diffusers.models.unets.unet_2d_blocks import (
 )
 from torch import nn
 
-from converter.layers import (
+from sdm.converter.layers import (
     ConstantOverTime,
     FrozenGroupNorm,
     SpikingActivation,
     SpikingAttention,
     SpikingResnetBlock2D,
 )
-from converter.policy import ConversionPolicy
-from sdm_errors import SdmError
+from sdm.converter.policy import ConversionPolicy
+from sdm.core.errors import SdmError
 
 
 class UnsupportedModuleError(SdmError):

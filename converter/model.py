@@ -16,12 +16,12 @@ from diffusers import ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
-from calibration.thresholds import SiteThresholds
-from converter.layers import FrozenGroupNorm, SpikingActivation
-from converter.mapping import convert_unet_modules
-from converter.neurons import SignedIFNode
-from converter.policy import ConversionPolicy
-from converter.tsm import enable_tsm
+from sdm.calibration.thresholds import SiteThresholds
+from sdm.converter.layers import FrozenGroupNorm, SpikingActivation
+from sdm.converter.mapping import convert_unet_modules
+from sdm.converter.neurons import SignedIFNode
+from sdm.converter.policy import ConversionPolicy
+from sdm.converter.tsm import enable_tsm
 
 
 class SpikingUNet2DModel(ModelMixin, ConfigMixin):

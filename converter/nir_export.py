@@ -15,9 +15,9 @@ from typing import NoReturn
 from diffusers.models.resnet import Upsample2D
 from torch import nn
 
-from converter.layers import ConstantOverTime, SpikingActivation, SpikingAttention
-from converter.model import SpikingUNet2DModel
-from converter.onnx_export import ExportError
+from sdm.converter.layers import ConstantOverTime, SpikingActivation, SpikingAttention
+from sdm.converter.model import SpikingUNet2DModel
+from sdm.converter.onnx_export import ExportError
 
 # Why each kind cannot be a NIR node (nir 1.0).
 BLOCKERS = {

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from converter.layers import SpikingActivation
-from converter.onnx_parity import TIE_TOLERANCE, pinned_run, sites_in_call_order
-from sdm_errors import SdmError
+from sdm.converter.layers import SpikingActivation
+from sdm.converter.onnx_parity import TIE_TOLERANCE, pinned_run, sites_in_call_order
+from sdm.core.errors import SdmError
 
 OPSET = 17
 TOLERANCE = 1e-4  # max |onnxruntime - pytorch| / max |pytorch|

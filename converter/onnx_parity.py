@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from converter.layers import SpikingActivation
+from sdm.converter.layers import SpikingActivation
 
 TIE_TOLERANCE = 1e-3  # a disagreeing spike must come from a membrane this close to a firing level (in thresholds)
 

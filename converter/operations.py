@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from converter.layers import SpikingAttention, SpikingResnetBlock2D
-from converter.mapping import INPUT_SITE
-from converter.model import SpikingUNet2DModel
+from sdm.converter.layers import SpikingAttention, SpikingResnetBlock2D
+from sdm.converter.mapping import INPUT_SITE
+from sdm.converter.model import SpikingUNet2DModel
 
 SPIKE_DRIVEN, ANALOG_PER_STEP, ANALOG_ONCE = "spike-driven", "analog-per-step", "analog-once"
 

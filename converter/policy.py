@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from sdm_errors import SdmError
+from sdm.core.errors import SdmError
 
 NEGATIVE_LOBES = ("signed", "relu")
 NORM_MODES = ("running", "frozen")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from converter.neurons import SignedIFNode
+from sdm.converter.neurons import SignedIFNode
 
 SOURCE = Path(__file__).with_name("site_kernel.c")
 FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC"]

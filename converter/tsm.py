@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from converter.layers import SpikingActivation
-from sdm_errors import SdmError
+from sdm.converter.layers import SpikingActivation
+from sdm.core.errors import SdmError
 
 if TYPE_CHECKING:
-    from converter.model import SpikingUNet2DModel
+    from sdm.converter.model import SpikingUNet2DModel
 
 TRAINABLE = ("p", "thresholds", "all")
 THRESHOLD_NAMES = ("threshold_pos", "threshold_neg")

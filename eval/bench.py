@@ -19,22 +19,20 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from calibration.collect import CalibrationSettings, calibrate_data_free  # noqa: E402
-from converter import site_kernel  # noqa: E402
-from converter.allocator import retain_freed_memory  # noqa: E402
-from converter.cli import resolve_device  # noqa: E402
-from converter.convert import convert  # noqa: E402
-from converter.export import atomic_folder, ensure_free_target  # noqa: E402
-from converter.model import SpikingUNet2DModel  # noqa: E402
-from converter.policy import ConversionPolicy  # noqa: E402
-from pretrained.loading import load_source_model  # noqa: E402
-from pretrained.zoo import DEFAULT_MODEL  # noqa: E402
-from sdm_errors import SdmError, run_reporting_errors  # noqa: E402
+from sdm.calibration.collect import CalibrationSettings, calibrate_data_free
+from sdm.converter import site_kernel
+from sdm.converter.allocator import retain_freed_memory
+from sdm.core.devices import resolve_device
+from sdm.converter.convert import convert
+from sdm.converter.export import atomic_folder, ensure_free_target
+from sdm.converter.model import SpikingUNet2DModel
+from sdm.converter.policy import ConversionPolicy
+from sdm.pretrained.loading import load_source_model
+from sdm.pretrained.zoo import DEFAULT_MODEL
+from sdm.core.errors import SdmError, run_reporting_errors
 
 
 def _resident_kib(field: str) -> int | None:

@@ -15,19 +15,17 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from converter.allocator import retain_freed_memory  # noqa: E402
-from converter.export import atomic_folder, ensure_free_target, load_converted  # noqa: E402
-from eval.images import save_grid_rows, save_npz_images, to_uint8  # noqa: E402
-from eval.paired import PairedSettings, check_same_source, measure_snn, sample_ann  # noqa: E402
-from eval.plots import plot_metric_curves, plot_spike_rates  # noqa: E402
-from eval.report import FidContext, write_markdown  # noqa: E402
-from eval.sampling import add_sampling_arguments  # noqa: E402
-from pretrained.loading import load_source_model  # noqa: E402
-from pretrained.zoo import DEFAULT_MODEL  # noqa: E402
-from sdm_errors import SdmError, run_reporting_errors  # noqa: E402
+from sdm.converter.allocator import retain_freed_memory
+from sdm.converter.export import atomic_folder, ensure_free_target, load_converted
+from sdm.eval.images import save_grid_rows, save_npz_images, to_uint8
+from sdm.eval.paired import PairedSettings, check_same_source, measure_snn, sample_ann
+from sdm.eval.plots import plot_metric_curves, plot_spike_rates
+from sdm.eval.report import FidContext, write_markdown
+from sdm.eval.sampling import add_sampling_arguments
+from sdm.pretrained.loading import load_source_model
+from sdm.pretrained.zoo import DEFAULT_MODEL
+from sdm.core.errors import SdmError, run_reporting_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,8 +57,8 @@ def _check_counts(args: argparse.Namespace) -> None:
 
 def ann_fid(args: argparse.Namespace) -> dict:
     """Sample the ANN from seeded noise and compare its Inception statistics with the reference."""
-    from converter.cli import resolve_device
-    from eval.fid import FeatureStats, InceptionFeatures, fid_from_stats
+    from sdm.core.devices import resolve_device
+    from sdm.eval.fid import FeatureStats, InceptionFeatures, fid_from_stats
 
     _check_counts(args)
     device = resolve_device(args.device)
@@ -87,7 +85,7 @@ def ann_fid(args: argparse.Namespace) -> dict:
 
 
 def ann_vs_snn(args: argparse.Namespace) -> dict:
-    from converter.cli import resolve_device
+    from sdm.core.devices import resolve_device
 
     _check_counts(args)
     device = resolve_device(args.device)
@@ -102,7 +100,7 @@ def ann_vs_snn(args: argparse.Namespace) -> dict:
         snns[label] = snn
     reference = None
     if args.fid_ref is not None:
-        from eval.fid import FeatureStats
+        from sdm.eval.fid import FeatureStats
 
         reference = FeatureStats.load(args.fid_ref)
     settings = PairedSettings(args.num_samples, args.steps, args.seed, args.sampler, args.batch_size, device)

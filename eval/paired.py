@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from converter.model import SpikingUNet2DModel
-from eval.energy import count_operations, energy_estimate
-from eval.images import psnr, to_uint8
-from eval.sampling import Trajectory, as_eps_function, initial_noise, run_sampler
-from pretrained.loading import SourceModel
-from sdm_errors import SdmError
+from sdm.converter.model import SpikingUNet2DModel
+from sdm.eval.energy import count_operations, energy_estimate
+from sdm.eval.images import psnr, to_uint8
+from sdm.eval.sampling import Trajectory, as_eps_function, initial_noise, run_sampler
+from sdm.pretrained.loading import SourceModel
+from sdm.core.errors import SdmError
 
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; means use this cap
 

@@ -13,9 +13,9 @@ import argparse
 import sys
 import time
 
-from eval.fid import InceptionFeatures, stats_from_source
-from eval.image_data import ImageSource
-from sdm_errors import SdmError
+from sdm.eval.fid import InceptionFeatures, stats_from_source
+from sdm.eval.image_data import ImageSource
+from sdm.core.errors import SdmError
 
 
 def build_parser() -> argparse.ArgumentParser:

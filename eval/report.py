@@ -15,7 +15,7 @@ class FidContext:
     """
 
     def __init__(self, ann_images: np.ndarray, reference, device: str) -> None:
-        from eval.fid import FeatureStats, InceptionFeatures, inception_score_available
+        from sdm.eval.fid import FeatureStats, InceptionFeatures, inception_score_available
 
         self.extractor = InceptionFeatures(device=device)
         self.reference = reference
@@ -30,14 +30,14 @@ class FidContext:
                 "inception_score": None}
 
     def _inception_score(self, images: np.ndarray) -> float | None:
-        from eval.fid import inception_score
+        from sdm.eval.fid import inception_score
 
         if not self.is_available or len(images) < 10:
             return None
         return inception_score(images, device=self.device)[0]
 
     def section(self, snn_images: np.ndarray) -> dict[str, Any]:
-        from eval.fid import FeatureStats, fid_from_stats
+        from sdm.eval.fid import FeatureStats, fid_from_stats
 
         snn_stats = FeatureStats.from_features(self.extractor(snn_images))
         ref = self.reference

@@ -17,7 +17,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
-from sdm_errors import SdmError
+from sdm.core.errors import SdmError
 
 SAMPLERS = ("ddim", "ddpm", "dpm")
 UNet = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -15,21 +15,19 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from calibration.record import CalibrationRecord  # noqa: E402
-from converter.allocator import retain_freed_memory  # noqa: E402
-from converter.cli import resolve_device  # noqa: E402
-from converter.convert import convert  # noqa: E402
-from converter.export import atomic_folder, ensure_free_target  # noqa: E402
-from converter.policy import THRESHOLD_METHODS, ConversionPolicy  # noqa: E402
-from eval.paired import PairedSettings, measure_snn, sample_ann  # noqa: E402
-from eval.plots import plot_metric_curves  # noqa: E402
-from eval.sampling import add_sampling_arguments  # noqa: E402
-from pretrained.loading import load_source_model  # noqa: E402
-from pretrained.zoo import DEFAULT_MODEL  # noqa: E402
-from sdm_errors import SdmError, run_reporting_errors  # noqa: E402
+from sdm.calibration.record import CalibrationRecord
+from sdm.converter.allocator import retain_freed_memory
+from sdm.core.devices import resolve_device
+from sdm.converter.convert import convert
+from sdm.converter.export import atomic_folder, ensure_free_target
+from sdm.converter.policy import THRESHOLD_METHODS, ConversionPolicy
+from sdm.eval.paired import PairedSettings, measure_snn, sample_ann
+from sdm.eval.plots import plot_metric_curves
+from sdm.eval.sampling import add_sampling_arguments
+from sdm.pretrained.loading import load_source_model
+from sdm.pretrained.zoo import DEFAULT_MODEL
+from sdm.core.errors import SdmError, run_reporting_errors
 
 COLUMNS = ["method", "percentile", "timesteps", "threshold_scale", "psnr_db", "eps_rel_l2", "eps_cosine",
            "spike_rate", "energy_snn_over_ann", "time_snn_over_ann"]

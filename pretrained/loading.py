@@ -19,8 +19,8 @@ from diffusers import UNet2DModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from pretrained.zoo import DEFAULT_MODEL, available_models, resolve_model_name
-from sdm_errors import SdmError
+from sdm.pretrained.zoo import DEFAULT_MODEL, available_models, resolve_model_name
+from sdm.core.errors import SdmError
 
 # The scheduler used when a checkpoint carries none: the DDPM paper's CIFAR-10 schedule.
 DEFAULT_SCHEDULER_CONFIG: dict[str, Any] = {
@@ -121,7 +121,7 @@ def _load_safetensors(path: Path) -> SourceModel:
 
 
 def _load_own_layout(path: Path) -> SourceModel:
-    from pretrained.own_layout import load_own_layout_checkpoint
+    from sdm.pretrained.own_layout import load_own_layout_checkpoint
 
     unet, info = load_own_layout_checkpoint(path)
     return SourceModel(

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from diffusers import UNet2DModel
 
-from sdm_errors import SdmError
+from sdm.core.errors import SdmError
 
 TIME_TABLE_KEY = "time_embedding.timembedding.0.weight"
 # Rows of the regenerated timestep table: the DDPM CIFAR-10 schedule's number of steps.

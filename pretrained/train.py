@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
-from pretrained.own_layout import OwnLayoutConfig, OwnLayoutError, save_own_layout_checkpoint
-from sdm_errors import SdmError, run_reporting_errors
-from sdm_training import (check_output_folder, data_target, device_name, ema_update, load_checkpoint, save_checkpoint, to_model_range,
+from sdm.pretrained.own_layout import OwnLayoutConfig, OwnLayoutError, save_own_layout_checkpoint
+from sdm.core.errors import SdmError, run_reporting_errors
+from sdm.core.training import (check_output_folder, data_target, device_name, ema_update, load_checkpoint, save_checkpoint, to_model_range,
                           write_loss_log)
 
 CHECKPOINT = "train_checkpoint.pt"
@@ -141,7 +141,7 @@ def validate(args: argparse.Namespace) -> None:
 
 def load_training_images(args: argparse.Namespace) -> torch.Tensor:
     """The training set as uint8 NCHW at the model's resolution."""
-    from eval.image_data import ImageSource
+    from sdm.eval.image_data import ImageSource
 
     source = ImageSource(args.data, split=args.split, limit=args.data_limit,
                          resolution=args.resolution if args.resize == "crop" else None)
@@ -261,7 +261,7 @@ def check_checkpoint(state: dict[str, Any], path: Path, config: dict[str, Any], 
 
 @torch.no_grad()
 def sample_grid(model: UNet2DModel, schedule: DDPMScheduler, count: int, steps: int, seed: int, path: Path) -> None:
-    from eval.images import save_grid_rows, to_uint8
+    from sdm.eval.images import save_grid_rows, to_uint8
 
     scheduler = DDIMScheduler.from_config(schedule.config)
     pipeline = DDPMPipeline(unet=model, scheduler=scheduler)
@@ -298,12 +298,12 @@ def model_card(args: argparse.Namespace, summary: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from converter.cli import resolve_device
-    from converter.export import atomic_folder
+    from sdm.core.devices import resolve_device
+    from sdm.converter.export import atomic_folder
 
     validate(args)
     if args.init is not None:
-        from pretrained.loading import load_source_model
+        from sdm.pretrained.loading import load_source_model
 
         source = load_source_model(args.init)
         if source.unet.config.in_channels != 3 or source.unet.config.sample_size != args.resolution:

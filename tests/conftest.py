@@ -11,11 +11,9 @@ from diffusers import UNet2DModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from calibration.collect import CalibrationSettings, calibrate_data_free  # noqa: E402
-from pretrained.loading import DEFAULT_SCHEDULER_CONFIG, SourceModel  # noqa: E402
+from sdm.calibration.collect import CalibrationSettings, calibrate_data_free
+from sdm.pretrained.loading import DEFAULT_SCHEDULER_CONFIG, SourceModel
 
 TINY_UNET_CONFIG = dict(
     sample_size=8,

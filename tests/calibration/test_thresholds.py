@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from calibration.record import CalibrationError, CalibrationRecord, SiteStats
-from calibration.thresholds import neuron_quantise, site_thresholds
+from sdm.calibration.record import CalibrationError, CalibrationRecord, SiteStats
+from sdm.calibration.thresholds import neuron_quantise, site_thresholds
 
 
 def sketch(values: torch.Tensor, q: int = 257) -> torch.Tensor:

@@ -14,7 +14,7 @@ SCRIPT = """
 import resource, sys
 import torch
 from tests.conftest import make_tiny_unet
-from converter.allocator import retain_freed_memory
+from sdm.converter.allocator import retain_freed_memory
 if sys.argv[1] == "retain":
     assert retain_freed_memory()
 torch.set_num_threads(1)

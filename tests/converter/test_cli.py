@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from converter.cli import main
+from sdm.converter.cli import main
 from tests.conftest import TINY_UNET_CONFIG, make_tiny_unet
 
 FAST = ["--calib-samples", "2", "--calib-steps", "2", "--eval-samples", "2", "--eval-steps", "2"]
@@ -98,7 +98,7 @@ def test_unsupported_module_is_named_with_its_path(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, expected", [
     (["--timesteps", "0"], "timesteps must be an integer >= 1"),
-    (["--device", "cuda:7"], "device cuda:7 does not exist"),
+    (["--device", "cuda:7"], "device 'cuda:7'"),
     (["--device", "banana"], "unknown device"),
     (["--threshold-scale", "0"], "threshold scale must be > 0"),
     (["--percentile", "120"], "percentile must be in (0, 100]"),
@@ -108,7 +108,7 @@ def test_bad_options(tmp_path, tiny_folder, capsys, argv, expected):
 
 
 def test_console_script_prints_one_line_and_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "converter.cli", "--checkpoint", str(tmp_path / "missing")],
+    result = subprocess.run([sys.executable, "-m", "sdm.converter.cli", "--checkpoint", str(tmp_path / "missing")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr

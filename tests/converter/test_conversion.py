@@ -4,14 +4,14 @@ import pytest
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
 
-from calibration.collect import calibrate_data_free
-from converter.convert import convert
-from converter.export import atomic_folder, load_converted, save_converted
-from converter.model import SpikingUNet2DModel
-from converter.operations import SPIKE_DRIVEN, classify_layers, operations_report
-from converter.policy import ConversionPolicy
-from pretrained.loading import load_source_model
-from pretrained.own_layout import OwnLayoutConfig, save_own_layout_checkpoint
+from sdm.calibration.collect import calibrate_data_free
+from sdm.converter.convert import convert
+from sdm.converter.export import atomic_folder, load_converted, save_converted
+from sdm.converter.model import SpikingUNet2DModel
+from sdm.converter.operations import SPIKE_DRIVEN, classify_layers, operations_report
+from sdm.converter.policy import ConversionPolicy
+from sdm.pretrained.loading import load_source_model
+from sdm.pretrained.own_layout import OwnLayoutConfig, save_own_layout_checkpoint
 from tests.conftest import TINY_CALIBRATION, make_tiny_source
 
 
@@ -153,7 +153,7 @@ def test_work_constant_over_time_is_computed_once_with_the_same_result(tiny_sour
 def test_loading_refuses_weights_that_do_not_match_the_model(tmp_path, tiny_source, tiny_record):
     from safetensors.torch import load_file, save_file
 
-    from converter.export import ConvertedModelError
+    from sdm.converter.export import ConvertedModelError
 
     snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=2))
     with atomic_folder(tmp_path / "snn") as staging:
@@ -168,7 +168,7 @@ def test_loading_refuses_weights_that_do_not_match_the_model(tmp_path, tiny_sour
 
 @pytest.mark.parametrize("head_dim", [None, 8])
 def test_written_out_attention_equals_diffusers_attention(head_dim):
-    from converter.layers import SpikingAttention
+    from sdm.converter.layers import SpikingAttention
     from tests.conftest import make_tiny_unet
 
     attention = make_tiny_unet(attention_head_dim=head_dim).down_blocks[1].attentions[0]

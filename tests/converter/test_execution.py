@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from converter import site_kernel
-from converter.convert import convert
-from converter.policy import ConversionPolicy
-from converter.tsm import enable_tsm
+from sdm.converter import site_kernel
+from sdm.converter.convert import convert
+from sdm.converter.policy import ConversionPolicy
+from sdm.converter.tsm import enable_tsm
 
 
 @pytest.mark.parametrize("policy", [ConversionPolicy(timesteps=3), ConversionPolicy(timesteps=4, negative_lobe="relu")])

@@ -6,13 +6,13 @@ import onnx
 import pytest
 import torch
 
-from converter.convert import convert
-from converter.export import atomic_folder, save_converted
-from converter.export_cli import main as export_main
-from converter.nir_export import nir_blockers
-from converter.onnx_export import ExportError, export_onnx
-from converter.onnx_parity import TIE_TOLERANCE, pinned_run
-from converter.policy import ConversionPolicy
+from sdm.converter.convert import convert
+from sdm.converter.export import atomic_folder, save_converted
+from sdm.converter.export_cli import main as export_main
+from sdm.converter.nir_export import nir_blockers
+from sdm.converter.onnx_export import ExportError, export_onnx
+from sdm.converter.onnx_parity import TIE_TOLERANCE, pinned_run
+from sdm.converter.policy import ConversionPolicy
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_pinned_parity_accepts_own_spikes_and_catches_a_flip_away_from_a_tie(tin
 
 
 def test_parity_failure_leaves_no_file(tmp_path, monkeypatch):
-    import converter.onnx_export as module
+    import sdm.converter.onnx_export as module
 
     monkeypatch.setattr(module, "TOLERANCE", -1.0)  # any difference, even zero, now fails
     class Toy(torch.nn.Module):

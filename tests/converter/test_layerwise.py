@@ -2,9 +2,9 @@
 
 import torch
 
-from calibration.collect import CalibrationSettings, calibrate_data_free
-from converter.convert import convert
-from converter.policy import ConversionPolicy
+from sdm.calibration.collect import CalibrationSettings, calibrate_data_free
+from sdm.converter.convert import convert
+from sdm.converter.policy import ConversionPolicy
 from tests.conftest import make_tiny_source
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from converter.neurons import SignedIFNode
+from sdm.converter.neurons import SignedIFNode
 
 
 def run(node: SignedIFNode, currents: list[float], grad: bool = False) -> list[float]:

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from converter import site_kernel
-from converter.layers import SpikingActivation
+from sdm.converter import site_kernel
+from sdm.converter.layers import SpikingActivation
 
 pytestmark = pytest.mark.skipif(not site_kernel.available(), reason="no C compiler: the PyTorch path runs")
 

@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from calibration.collect import calibrate_data_free
-from converter import finetune
-from converter.convert import convert
-from converter.export import atomic_folder, load_converted, save_converted
-from converter.policy import ConversionPolicy
-from converter.tsm import TsmError, enable_tsm, freeze, has_tsm, set_trainable, tsm_values
+from sdm.calibration.collect import calibrate_data_free
+from sdm.converter import finetune
+from sdm.converter.convert import convert
+from sdm.converter.export import atomic_folder, load_converted, save_converted
+from sdm.converter.policy import ConversionPolicy
+from sdm.converter.tsm import TsmError, enable_tsm, freeze, has_tsm, set_trainable, tsm_values
 from tests.conftest import TINY_CALIBRATION, make_tiny_source
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"

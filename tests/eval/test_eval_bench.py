@@ -2,7 +2,7 @@
 
 import json
 
-from eval.bench import main as bench_main
+from sdm.eval.bench import main as bench_main
 from tests.conftest import make_tiny_unet
 
 

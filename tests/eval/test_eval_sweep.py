@@ -4,8 +4,8 @@ import csv
 
 import pytest
 
-from converter.cli import main as convert_main
-from eval.sweep import main as sweep_main
+from sdm.converter.cli import main as convert_main
+from sdm.eval.sweep import main as sweep_main
 from tests.conftest import make_tiny_unet
 
 

@@ -11,7 +11,7 @@ import torch
 from diffusers import UNet2DModel
 
 from own_layout_reference import OwnLayoutUNet
-from pretrained.own_layout import (
+from sdm.pretrained.own_layout import (
     TIME_TABLE_KEY,
     OwnLayoutConfig,
     OwnLayoutError,
@@ -21,7 +21,7 @@ from pretrained.own_layout import (
     own_to_diffusers_state_dict,
     save_own_layout_checkpoint,
 )
-from sdm_errors import SdmError
+from sdm.core.errors import SdmError
 
 TINY = {"ch": 32, "ch_mult": [1, 2], "attn": [1], "num_res_blocks": 1}
 TIMESTEPS = [0, 1, 37, 500, 999]

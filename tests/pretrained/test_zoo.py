@@ -1,7 +1,7 @@
 """The model zoo: names and aliases resolve to folders; the listing reads real configs."""
 
-from pretrained.loading import load_source_model
-from pretrained.zoo import DEFAULT_MODEL, available_models, resolve_model_name, zoo_table
+from sdm.pretrained.loading import load_source_model
+from sdm.pretrained.zoo import DEFAULT_MODEL, available_models, resolve_model_name, zoo_table
 
 
 def test_names_and_aliases_resolve_to_the_same_model():

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from diffusers import DDPMScheduler
 
-from sdm_errors import SdmError
+from sdm.core.errors import SdmError
 
 
 def save_checkpoint(state: dict[str, Any], path: Path, error: type[SdmError] = SdmError) -> None:

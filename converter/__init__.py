@@ -1,0 +1,1 @@
+"""Calibrated ANN -> spiking UNet: neurons, spiking layers, the conversion lifecycle, export."""

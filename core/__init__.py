@@ -1,0 +1,1 @@
+"""Mechanisms every stage shares: errors, atomic output, devices, diffusion, data, training."""
