@@ -16,7 +16,6 @@ from sdm.eval.energy import count_operations, energy_estimate
 from sdm.eval.images import psnr, to_uint8
 from sdm.eval.sampling import Trajectory, as_eps_function, initial_noise, run_sampler
 from sdm.pretrained.loading import SourceModel
-from sdm.core.errors import SdmError
 
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; means use this cap
 
@@ -29,19 +28,6 @@ class PairedSettings:
     sampler: str = "ddim"
     batch_size: int = 16
     device: str | torch.device = "cpu"
-
-
-class SourceMismatchError(SdmError):
-    """A converted model was made from another source model than the ANN it is compared with."""
-
-
-def check_same_source(snn: SpikingUNet2DModel, source: SourceModel, label: str) -> None:
-    recorded = (snn.config.provenance or {}).get("source", {}).get("fingerprint")
-    actual = source.describe()["fingerprint"]
-    if recorded != actual:
-        raise SourceMismatchError(
-            f"{label} was converted from another model (fingerprint {recorded}) than the ANN given ({actual})"
-        )
 
 
 def sample_ann(source: SourceModel, settings: PairedSettings) -> tuple[torch.Tensor, Trajectory]:
