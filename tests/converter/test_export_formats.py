@@ -37,6 +37,7 @@ def test_onnx_export_matches_pytorch_with_dynamic_batch(snn_folder, tmp_path, ti
     assert [o.name for o in graph.output[1:]] == report["snn"]["outputs"][1:]
     assert all(name.startswith("spikes:") for name in report["snn"]["outputs"][1:])
     assert (tmp_path / "snn-ann.onnx").exists()
+    assert report["ann"]["source"]["fingerprint"] == report["source_fingerprint"] == tiny_source.describe()["fingerprint"]
 
 
 def _own_spikes(snn, x, t):
