@@ -1,10 +1,13 @@
-"""Killed runs: SIGTERM (from `timeout`, a job scheduler) and Ctrl-C during a real conversion end
-with one line and the conventional exit code, and leave nothing beside --out."""
+"""What a real command leaves: outputs with the user's umask; and killed runs (SIGTERM from
+`timeout` or a job scheduler, Ctrl-C) that end with one line and the conventional exit code and
+leave nothing beside --out."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -59,3 +62,20 @@ def test_sigterm_and_sigint_mid_run_clean_up_and_say_so_in_one_line(tmp_path):
         assert "Traceback" not in err, err[-2000:]
         assert err.strip().splitlines()[-1] == f"sdm-convert: interrupted ({name})", err[-2000:]
         assert list(work.iterdir()) == [], f"{name} left {list(work.iterdir())}"
+
+
+def test_a_converted_folder_has_the_modes_the_umask_gives(tmp_path, capsys):
+    model, out = tmp_path / "model", tmp_path / "out"
+    make_tiny_unet().save_pretrained(model)
+    module, _, attribute = SCRIPTS["sdm-convert"].partition(":")
+    main = getattr(importlib.import_module(module), attribute)
+    previous = os.umask(0o027)
+    try:
+        assert main(["--checkpoint", str(model), "--timesteps", "2", "--calib-samples", "2", "--calib-steps", "2",
+                     "--eval-samples", "1", "--eval-steps", "1", "--out", str(out)]) == 0
+    finally:
+        os.umask(previous)
+    paths = [out, *out.rglob("*")]
+    assert {p.name for p in paths} >= {"config.json", "diffusion_pytorch_model.safetensors", "grid.png", "summary.json"}
+    for path in paths:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o750 if path.is_dir() else 0o640), path
