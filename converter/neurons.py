@@ -34,8 +34,7 @@ class SignedIFNode(SimpleBaseNode):
         self.register_buffer("threshold_pos", torch.ones(channels))
         self.register_buffer("threshold_neg", torch.ones(channels))
         self.monitor = False
-        self.spike_count = 0.0
-        self.neuron_steps = 0
+        self.reset_monitor()
 
     def _thresholds(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (1, -1) + (1,) * (like.dim() - 2)
@@ -99,9 +98,22 @@ class SignedIFNode(SimpleBaseNode):
 
     def _count(self, weighted: torch.Tensor) -> None:
         if self.monitor:
-            self.spike_count += float(torch.count_nonzero(weighted))
-            self.neuron_steps += weighted.numel()
+            self.record_spikes(torch.count_nonzero(weighted), weighted.numel())
+
+    def record_spikes(self, spikes: torch.Tensor | int, neuron_steps: int) -> None:
+        """Add a count of spikes (a tensor on the neuron's device, or an int) over `neuron_steps`.
+
+        Counts stay where they were computed: reading one on CUDA waits for the device, so the
+        sum is read once, by `spike_count`, not per site and step.
+        """
+        self._spikes = self._spikes + spikes
+        self.neuron_steps += neuron_steps
+
+    @property
+    def spike_count(self) -> float:
+        """Spikes emitted since `reset_monitor()` (one host read of the accumulated count)."""
+        return float(self._spikes)
 
     def reset_monitor(self) -> None:
-        self.spike_count = 0.0
+        self._spikes: torch.Tensor | int = 0
         self.neuron_steps = 0
