@@ -61,6 +61,11 @@ def load_converted(folder: str | Path, device: str = "cpu") -> SpikingUNet2DMode
         raise ConvertedModelError(f"unreadable config in {folder}: {exc}") from None
     if config.get("_class_name") != SpikingUNet2DModel.__name__:
         raise ConvertedModelError(f"not a converted model folder: {folder} (config describes {config.get('_class_name')!r})")
+    if "neuron" not in (config.get("policy") or {}):  # made before exact neurons: its neurons would change silently
+        raise ConvertedModelError(
+            f"{folder} was converted by an earlier version (single-spike neurons, no 'neuron' in its policy): "
+            f"re-create it in seconds with `sdm-convert --record {folder} -T {(config.get('policy') or {}).get('timesteps', 4)} "
+            f"--out NEW` plus its other options (--neuron single-spike keeps the old neuron)")
     if not (folder / "diffusion_pytorch_model.safetensors").is_file():
         raise ConvertedModelError(f"converted model folder {folder} has no diffusion_pytorch_model.safetensors")
     try:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from sdm.converter.neurons import SignedIFNode
+from sdm.converter.neurons import GradedIFNode, SiteNeuron
 from sdm.core.atomic import OutputError, atomic_file
 
 SOURCE = Path(__file__).with_name("site_kernel.c")
@@ -88,6 +88,9 @@ def _library() -> ctypes.CDLL | None:
     library.fire_sites.argtypes = [_pointer, _int, _int, _int, _int, _pointer, _pointer, ctypes.c_float, ctypes.c_float,
                                    _int, _pointer, _pointer, _int, _int]
     library.fire_sites.restype = _int
+    library.fire_exact.argtypes = [_pointer, _int, _int, _int, _int, _pointer, _pointer, ctypes.c_float, ctypes.c_float,
+                                   _int, _pointer, _pointer, _int, _int, _int]
+    library.fire_exact.restype = _int
     return library
 
 
@@ -140,21 +143,31 @@ def running_mean(seq: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def fire(values: torch.Tensor, neuron: SignedIFNode, shift: torch.Tensor, tsm: torch.Tensor | None) -> tuple[torch.Tensor, int]:
-    """Increments of t * clamp(values[t]) (times TSM's p[t]) into `neuron`'s kind of IF neurons
-    from rest, plus the per-channel output shift, written over `values` ([T, B, C, ...],
-    contiguous). Thresholds, clamp bounds and firing levels are derived in the kernel with
-    SignedIFNode.firing_levels' arithmetic. Returns (values, number of spikes)."""
+def fire(values: torch.Tensor, neuron: SiteNeuron, shift: torch.Tensor, tsm: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """`neuron`'s kind of site from rest on `values` ([T, B, C, ...], contiguous: the site's
+    nonlinearity on the running mean), plus the per-channel output shift, written over `values`.
+
+    Single-spike neurons get the increments of t * clamp(values[t]) (times TSM's p[t]), with
+    thresholds, clamp bounds and firing levels derived in the kernel with
+    SignedIFNode.firing_levels' arithmetic; exact neurons the cumulative drive and
+    sdm.core.quantise's counts (GradedIFNode). Returns (values, number of spikes: spike units
+    for graded spikes)."""
     steps, batch, channels = values.shape[0], values.shape[1], values.shape[2]
     hw = values[0, 0, 0].numel()
     rows = batch * channels
     library = _library()
-    scale, margin = float(neuron.threshold_scale), 1.0 - neuron.membrane_init
-    constants = (neuron.threshold_pos.data_ptr(), neuron.threshold_neg.data_ptr(), scale, margin, int(neuron.signed),
-                 _address(tsm), shift.data_ptr())
+    scale = float(neuron.threshold_scale)
+    pointers = (neuron.threshold_pos.data_ptr(), neuron.threshold_neg.data_ptr())
+    if isinstance(neuron, GradedIFNode):
+        payload = neuron.max_payload if neuron.bounded else 0
+        constants = (*pointers, scale, neuron.membrane_init, int(neuron.signed), _address(tsm), shift.data_ptr(), payload)
+        kernel = library.fire_exact
+    else:
+        constants = (*pointers, scale, 1.0 - neuron.membrane_init, int(neuron.signed), _address(tsm), shift.data_ptr())
+        kernel = library.fire_sites
 
     def run(begin: int, end: int) -> int:
-        return library.fire_sites(values.data_ptr(), steps, rows, hw, channels, *constants, begin, end)
+        return kernel(values.data_ptr(), steps, rows, hw, channels, *constants, begin, end)
 
     counts = _split(rows, run)
     if min(counts) < 0:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from sdm.converter.model import SpikingUNet2DModel
+from sdm.eval import distributed
 from sdm.eval.energy import count_operations, energy_estimate
 from sdm.eval.images import psnr, to_uint8
 from sdm.eval.sampling import Trajectory, as_eps_function, initial_noise, run_sampler
@@ -28,14 +29,22 @@ class PairedSettings:
     sampler: str = "ddim"
     batch_size: int = 16
     device: str | torch.device = "cpu"
+    tf32: bool = False  # see core.devices.set_tf32: off keeps ANN and SNN on the same float32 arithmetic
+
+
+def _sample(unet, noise: torch.Tensor, source: SourceModel, settings: PairedSettings, desc: str,
+            reference=None) -> Trajectory:
+    """run_sampler over this process's share of the batches, gathered from every process."""
+    part = run_sampler(unet, noise, settings.sampler, source.scheduler_config, settings.steps, settings.seed,
+                       settings.batch_size, settings.device, reference=reference, desc=desc,
+                       chunks=distributed.my_batches(len(noise), settings.batch_size), tf32=settings.tf32)
+    return distributed.gather_trajectory(part)
 
 
 def sample_ann(source: SourceModel, settings: PairedSettings) -> tuple[torch.Tensor, Trajectory]:
     config = source.unet.config
     noise = initial_noise(settings.num_samples, (config.in_channels, config.sample_size, config.sample_size), settings.seed)
-    run = run_sampler(as_eps_function(source.unet), noise, settings.sampler, source.scheduler_config, settings.steps,
-                      settings.seed, settings.batch_size, settings.device, desc="ANN sampling")
-    return noise, run
+    return noise, _sample(as_eps_function(source.unet), noise, source, settings, "ANN sampling")
 
 
 def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, ann_run: Trajectory,
@@ -43,12 +52,12 @@ def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tenso
     """Sample with the SNN from the ANN's noises and compute paired metrics, rates, energy, time."""
     snn.set_monitor(True)
     try:
-        run = run_sampler(as_eps_function(snn), noise, settings.sampler, source.scheduler_config, settings.steps,
-                          settings.seed, settings.batch_size, settings.device,
-                          reference=as_eps_function(source.unet), desc=f"SNN sampling ({label})")
-        rates = {name: n.spike_count / max(n.neuron_steps, 1) for name, n in snn.neurons().items()}
-        total_spikes = sum(n.spike_count for n in snn.neurons().values())
-        total_steps = sum(n.neuron_steps for n in snn.neurons().values())
+        run = _sample(as_eps_function(snn), noise, source, settings, f"SNN sampling ({label})",
+                      reference=as_eps_function(source.unet))
+        counts = distributed.sum_counts({name: (n.spike_count, n.neuron_steps) for name, n in snn.neurons().items()})
+        rates = {name: spikes / max(steps, 1) for name, (spikes, steps) in counts.items()}
+        total_spikes = sum(spikes for spikes, _ in counts.values())
+        total_steps = sum(steps for _, steps in counts.values())
     finally:
         snn.set_monitor(False)
     ann_images, snn_images = to_uint8(ann_run.samples), to_uint8(run.samples)

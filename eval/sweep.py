@@ -88,7 +88,7 @@ def sweep(args: argparse.Namespace) -> list[dict]:
     record = CalibrationRecord.load(args.record)
     record.check_source(source.describe()["fingerprint"])
     source.unet.to(device)
-    settings = PairedSettings(args.num_samples, args.steps, args.seed, args.sampler, args.batch_size, device)
+    settings = PairedSettings(args.num_samples, args.steps, args.seed, args.sampler, args.batch_size, device, args.tf32)
     noise, ann_run = sample_ann(source, settings)
     rows = []
     converted: dict[tuple, object] = {}

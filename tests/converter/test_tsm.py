@@ -184,7 +184,7 @@ def test_refuses_a_folder_that_is_not_a_converted_snn(folders, tmp_path, capsys)
     code = finetune.main(["--snn", str(folders / "ann"), "--ann", str(folders / "ann"), "--out", str(tmp_path / "o")])
     refused(capsys, code, "not a converted model folder")
     code = finetune.main(["--snn", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
-    refused(capsys, code, "not a converted model folder")
+    refused(capsys, code, "converted model folder not found")
     assert not (tmp_path / "o").exists()
 
 
