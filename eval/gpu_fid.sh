@@ -17,7 +17,8 @@
 # BATCH [1000], TIMESTEPS ["4 8"], BUDGET_S [560: wall seconds the whole run may take; a probe
 # (eval/bench.py) times one UNet call of each model, and the SNNs are taken in order while the
 # projected time fits; if even the first does not fit at SAMPLES, fewer samples are taken and the
-# log says so; 0: no probe, everything], ANN [ddpm-cifar10-ch64], REF_LIMIT [all 10,000 test
+# log says so; 0: no probe, everything], TF32 [0; 1 passes --tf32: faster convolutions, rounding
+# noise in the paired comparison], ANN [ddpm-cifar10-ch64], REF_LIMIT [all 10,000 test
 # images], PYTHON [python3], STASH [/tmp/sdm-gpu-stash], WORK [/tmp/sdm-gpu-work].
 # OUT receives at most 8 files: report.json, report.md, grid.png, spike_rates.png, gpu_fid.log (with
 # the probe's bench.md) and the sample arrays (samples_ann.npz and one per SNN; two SNNs at most).
@@ -78,7 +79,8 @@ run() {
   local part=$1 out=$2
   mkdir -p "$out" "$WORK" && LOG="$out/gpu_fid.log" && : > "$LOG"
   local device=${DEVICE:-cuda} samples=${SAMPLES:-5000} steps=${STEPS:-100} batch=${BATCH:-1000}
-  local budget=${BUDGET_S:-560} ann=${ANN:-ddpm-cifar10-ch64}
+  local budget=${BUDGET_S:-560} ann=${ANN:-ddpm-cifar10-ch64} tf32=""
+  [ "${TF32:-0}" = 1 ] && tf32=1
   read -r -a timesteps <<< "${TIMESTEPS:-4 8}"
   [ -f "$part/PIECES" ] || die "$part/PIECES missing: give the last part made by 'prepare'"
   stash "$part" > /dev/null
@@ -88,7 +90,9 @@ run() {
   log "reassembling $expected pieces"
   rm -rf "$WORK/payload" && mkdir -p "$WORK/payload"
   cat "$STASH"/payload.tar.?? | tar -xf - -C "$WORK/payload"
-  (cd "$WORK/payload" && sha256sum --quiet -c SHA256SUMS) || die "payload checksum mismatch"
+  if ! (cd "$WORK/payload" && sha256sum --quiet -c SHA256SUMS > /dev/null 2>&1); then
+    die "payload checksum mismatch: $(cd "$WORK/payload" && sha256sum -c SHA256SUMS 2>/dev/null | grep -v ': OK$' | cut -d: -f1 | xargs)"
+  fi
   if ls "$WORK/payload/wheels/"*.whl > /dev/null 2>&1; then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
       "$WORK/payload/wheels/"*.whl
@@ -111,8 +115,43 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__}, diffusers {d
   "$PYTHON" -m sdm.eval.reference_stats --data "$WORK/payload/cifar10-test.zip" --split test --device "$device" \
     --batch-size 250 --quiet ${REF_LIMIT:+--limit "$REF_LIMIT"} --out "$WORK/cifar10-test.npz" 2>&1 | tee -a "$LOG"
 
+  local chosen=("${timesteps[@]}")
+  if [ "$budget" -gt 0 ]; then
+    log "probe: one UNet call of each model at batch $batch (eval/bench.py)"
+    rm -rf "$WORK/bench"
+    "$PYTHON" -m sdm.eval.bench --ann "$ann" --timesteps "$(IFS=,; echo "${timesteps[*]}")" --batch-sizes "$batch" \
+      --repeats 1 --device "$device" ${tf32:+--tf32} --out "$WORK/bench" > /dev/null 2>&1
+    cat "$WORK/bench/bench.md" >> "$LOG"
+    local plan projected
+    plan=$("$PYTHON" - "$WORK/bench/bench.json" "$samples" "$steps" "$batch" "$((budget - SECONDS))" "${timesteps[@]}" <<'EOF'
+import json, math, sys
+bench, samples, steps, batch, left = sys.argv[1], *map(int, sys.argv[2:6])
+timesteps = sys.argv[6:]
+seconds = {row["model"]: row["seconds_per_eval"]["median"] for row in json.load(open(bench))["rows"]}
+ann = seconds["ann"]
+
+def fixed(chosen):  # converting, start-up and loading, Inception features, three Frechet distances per SNN
+    return 60 + 45 * len(chosen)
+
+def cost(n, chosen):  # ANN sampling, then per SNN its sampling and the ANN on its trajectory (eps error)
+    return steps * math.ceil(n / batch) * (ann + sum(seconds[f"snn-T{t}"] + ann for t in chosen)) + fixed(chosen)
+
+chosen = [t for k, t in enumerate(timesteps) if cost(samples, timesteps[:k + 1]) <= left]
+if not chosen:  # even the first SNN does not fit: as many whole batches as do
+    chosen = timesteps[:1]
+    per_batch = steps * (2 * ann + seconds[f"snn-T{chosen[0]}"])
+    samples = max(batch, int((left - fixed(chosen)) // per_batch) * batch)
+print(samples, f"{cost(samples, chosen):.0f}", *chosen)
+EOF
+)
+    read -r samples projected plan <<< "$plan"
+    read -r -a chosen <<< "$plan"
+    log "plan ($((budget - SECONDS)) s left of $budget): T = ${chosen[*]} at $samples samples, projected $projected s"
+    [ "$samples" -eq "${SAMPLES:-5000}" ] || log "REDUCED: $samples samples instead of ${SAMPLES:-5000} (budget)"
+  fi
+
   local snns=() first=""
-  for t in "${timesteps[@]}"; do
+  for t in "${chosen[@]}"; do
     log "convert T=$t on $device"
     rm -rf "$WORK/snn-T$t"
     "$PYTHON" -m sdm.converter.cli --checkpoint "$ann" -T "$t" --device "$device" --eval-samples 0 \
@@ -121,44 +160,10 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__}, diffusers {d
     snns+=("$WORK/snn-T$t")
   done
 
-  if [ "$budget" -gt 0 ]; then
-    log "probe: one UNet call of each model at batch $batch"
-    rm -rf "$WORK/bench"
-    local list
-    list=$(IFS=,; echo "${timesteps[*]}")
-    "$PYTHON" -m sdm.eval.bench --ann "$ann" --timesteps "$list" --batch-sizes "$batch" --repeats 1 --device "$device" \
-      --out "$WORK/bench" > /dev/null 2>&1
-    cat "$WORK/bench/bench.md" >> "$LOG"
-    local plan
-    plan=$("$PYTHON" - "$WORK/bench/bench.json" "$samples" "$steps" "$batch" "$((budget - SECONDS))" "${timesteps[@]}" <<'EOF'
-import json, math, sys
-bench, samples, steps, batch, left = sys.argv[1], *map(int, sys.argv[2:6])
-timesteps = sys.argv[6:]
-seconds = {row["model"]: row["seconds_per_eval"]["median"] for row in json.load(open(bench))["rows"]}
-ann = seconds["ann"]
-fixed = 60 + 30 * len(timesteps)  # start-up, loading, Inception features, three Frechet distances per SNN
-def cost(n, chosen):  # ANN sampling, then per SNN its sampling and the ANN on its trajectory (eps error)
-    return steps * math.ceil(n / batch) * (ann + sum(seconds[f"snn-T{t}"] + ann for t in chosen)) + fixed
-chosen = [t for k, t in enumerate(timesteps) if cost(samples, timesteps[:k + 1]) <= left]
-if not chosen:
-    chosen = timesteps[:1]
-    per_batch = steps * (2 * ann + seconds[f"snn-T{chosen[0]}"])
-    samples = max(batch, int((left - fixed) // per_batch) * batch)
-print(samples, f"{cost(samples, chosen):.0f}", *chosen)
-EOF
-)
-    local projected chosen
-    read -r samples projected chosen <<< "$plan"
-    read -r -a chosen <<< "$chosen"
-    snns=() && for t in "${chosen[@]}"; do snns+=("$WORK/snn-T$t"); done
-    log "plan ($((budget - SECONDS)) s left of $budget): T = ${chosen[*]} at $samples samples, projected $projected s"
-    [ "$samples" -eq "${SAMPLES:-5000}" ] || log "REDUCED: $samples samples instead of ${SAMPLES:-5000} (budget)"
-  fi
-
-  log "sampling ANN and SNN(s) ${snns[*]##*/}: $samples samples, DDIM $steps, batch $batch, TF32 off"
+  log "sampling ANN and SNN(s) ${snns[*]##*/}: $samples samples, DDIM $steps, batch $batch, TF32 $([ -n "$tf32" ] && echo on || echo off)"
   rm -rf "$WORK/report"
   "$PYTHON" -m sdm.eval.compare ann-vs-snn --ann "$ann" --snn "${snns[@]}" --num-samples "$samples" --steps "$steps" \
-    --batch-size "$batch" --seed 0 --sampler ddim --fid-ref "$WORK/cifar10-test.npz" --device "$device" \
+    --batch-size "$batch" --seed 0 --sampler ddim --fid-ref "$WORK/cifar10-test.npz" --device "$device" ${tf32:+--tf32} \
     --out "$WORK/report" 2>&1 | tee -a "$LOG"
   cp "$WORK/report/"{report.json,report.md,grid.png,spike_rates.png} "$WORK/report/"samples_*.npz "$out/"
   log "done in ${SECONDS} s"
