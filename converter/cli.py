@@ -15,7 +15,7 @@ from sdm.calibration.collect import CalibrationSettings, calibrate_data_free, ca
 from sdm.calibration.record import CalibrationRecord
 from sdm.converter.allocator import retain_freed_memory
 from sdm.converter.convert import convert
-from sdm.converter.export import atomic_folder, ensure_free_target, save_converted
+from sdm.converter.export import save_converted
 from sdm.converter.mapping import check_convertible
 from sdm.converter.operations import operations_report
 from sdm.converter.policy import (
@@ -23,6 +23,7 @@ from sdm.converter.policy import (
     GRANULARITIES,
     INPUT_ENCODINGS,
     NEGATIVE_LOBES,
+    NEURONS,
     NORM_MODES,
     THRESHOLD_METHODS,
     ConversionPolicy,
@@ -31,6 +32,7 @@ from sdm.eval.images import psnr, save_grid_rows, to_uint8
 from sdm.eval.sampling import SAMPLERS, as_eps_function, initial_noise, run_sampler
 from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.zoo import DEFAULT_MODEL
+from sdm.core.atomic import atomic_folder, ensure_free_target
 from sdm.core.devices import resolve_device
 from sdm.core.errors import SdmError, run_reporting_errors
 
@@ -77,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                             help="threshold guidance: global factor on all thresholds at sampling time (default 1.0)")
 
     neurons = parser.add_argument_group("neurons")
+    neurons.add_argument("--neuron", choices=NEURONS, default="exact",
+                         help="exact: graded-spike ON/OFF neurons whose count equals the quantised twin's (default); "
+                              "single-spike: at most one spike per step (earlier versions)")
+    neurons.add_argument("--max-payload", type=int, default=None,
+                         help="exact neurons: at most this many spikes per step and side (default T: exact)")
     neurons.add_argument("--negative-lobe", choices=NEGATIVE_LOBES, default="signed",
                          help="signed: +1/-1 spikes follow SiLU exactly (default); relu: plain IF, ReLU proxy")
     neurons.add_argument("--norm", choices=NORM_MODES, default="running",
@@ -99,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 def policy_from_args(args: argparse.Namespace) -> ConversionPolicy:
     return ConversionPolicy(
         timesteps=args.timesteps,
+        neuron=args.neuron,
+        max_payload=args.max_payload,
         negative_lobe=args.negative_lobe,
         norm=args.norm,
         attention=args.attention,

@@ -1,7 +1,8 @@
 """The converted spiking UNet: a diffusers model, called and saved like a `UNet2DModel`.
 
 `SpikingUNet2DModel(x, t).sample` runs T SNN time steps per call and decodes the output as the
-time average of the last layer's currents. Its folder (`save_pretrained`) holds a JSON config
+time average of the last layer's currents; `set_simulation("closed-form")` runs its quantised twin
+instead, one pass per call (converter/simulation.py). Its folder (`save_pretrained`) holds a JSON config
 (source architecture, conversion policy, provenance) and safetensors weights including every
 threshold, so `from_pretrained` rebuilds it exactly, and it drops into diffusers pipelines.
 """
@@ -17,10 +18,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from sdm.calibration.thresholds import SiteThresholds
-from sdm.converter.layers import FrozenGroupNorm, SpikingActivation
+from sdm.converter.layers import FrozenGroupNorm, SpikingActivation, TimeFolded
 from sdm.converter.mapping import convert_unet_modules
-from sdm.converter.neurons import SignedIFNode
+from sdm.converter.neurons import SiteNeuron
 from sdm.converter.policy import ConversionPolicy
+from sdm.converter.simulation import SIMULATIONS, SimulationError, check_choice, closed_form_obstacle
 from sdm.converter.tsm import enable_tsm
 
 # Rows (T x inputs) of 32x32 that one pass on a GPU may hold: the reference model needs about
@@ -60,6 +62,7 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
             out_channels=source.config.out_channels,
         )
         self.inputs_per_pass: int | None = None
+        self.simulation = "steps"
         if tsm:
             enable_tsm(self)
 
@@ -83,7 +86,7 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
         """Spiking sites by their ANN site name (the GroupNorm path), in execution order."""
         return {m.site: m for m in self.modules() if isinstance(m, SpikingActivation)}
 
-    def neurons(self) -> dict[str, SignedIFNode]:
+    def neurons(self) -> dict[str, SiteNeuron]:
         return {name: site.neuron for name, site in self.sites().items()}
 
     def set_thresholds(self, thresholds: dict[str, SiteThresholds]) -> None:
@@ -120,6 +123,19 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
             neuron.monitor = enabled
             neuron.reset_monitor()
 
+    def set_simulation(self, mode: str) -> None:
+        """"steps" (default) simulates T time steps; "closed-form" evaluates the quantised twin in
+        one pass (refused with the reason for a model that has none)."""
+        check_choice(mode, SIMULATIONS)
+        if mode == "closed-form":
+            obstacle = closed_form_obstacle(self)
+            if obstacle:
+                raise SimulationError(obstacle)
+        self.simulation = mode
+        for module in self.modules():
+            if isinstance(module, TimeFolded):
+                module.closed_form = mode == "closed-form"
+
     def set_inputs_per_pass(self, inputs: int | None) -> None:
         """How many inputs one stacked pass simulates (each as T rows); None: the device's rule.
 
@@ -140,9 +156,10 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
         chosen = self.inputs_per_pass
         if chosen is not None:
             return chosen
+        rows_per_input = 1 if self.simulation == "closed-form" else self.timesteps
         if sample.device.type == "cpu":
-            return max(1, -(-batch // self.timesteps))
-        budget = max(1, GPU_PASS_ROWS * 32 * 32 // (self.timesteps * sample[0, 0].numel()))
+            return max(1, -(-batch // rows_per_input))
+        budget = max(1, GPU_PASS_ROWS * 32 * 32 // (rows_per_input * sample[0, 0].numel()))
         passes = -(-batch // budget)
         return -(-batch // passes)
 
@@ -171,8 +188,11 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
         return UNet2DOutput(sample=prediction) if return_dict else (prediction,)
 
     def _simulate(self, sample: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
-        """One stacked pass: T time steps folded into the batch (t-major), from reset state."""
+        """One stacked pass: T time steps folded into the batch (t-major), from reset state; in
+        closed form the twin on the batch itself."""
         steps, batch = self.timesteps, sample.shape[0]  # every site starts its neurons from rest
+        if self.simulation == "closed-form":
+            return self.unet(sample, timesteps, class_labels=class_labels, return_dict=False)[0]
         out = self.unet(
             sample.repeat(steps, *([1] * (sample.dim() - 1))),
             timesteps.repeat(steps),

@@ -27,11 +27,11 @@ from sdm.converter import site_kernel
 from sdm.converter.allocator import retain_freed_memory
 from sdm.core.devices import DEVICE_HELP, resolve_device, set_tf32, synchronize, tf32_enabled
 from sdm.converter.convert import convert
-from sdm.converter.export import atomic_folder, ensure_free_target
 from sdm.converter.model import SpikingUNet2DModel
 from sdm.converter.policy import ConversionPolicy
 from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.zoo import DEFAULT_MODEL
+from sdm.core.atomic import atomic_folder, ensure_free_target
 from sdm.core.errors import SdmError, run_reporting_errors
 
 

@@ -17,15 +17,16 @@ from pathlib import Path
 
 
 from sdm.converter.allocator import retain_freed_memory
-from sdm.converter.export import atomic_folder, ensure_free_target, load_converted
+from sdm.converter.export import check_same_source, load_converted
 from sdm.eval import distributed
 from sdm.eval.images import save_grid_rows, save_npz_images, to_uint8
-from sdm.eval.paired import PairedSettings, check_same_source, measure_snn, sample_ann
+from sdm.eval.paired import PairedSettings, measure_snn, sample_ann
 from sdm.eval.plots import plot_metric_curves, plot_spike_rates
 from sdm.eval.report import FidContext, write_markdown
 from sdm.eval.sampling import add_sampling_arguments
 from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.zoo import DEFAULT_MODEL
+from sdm.core.atomic import atomic_folder, ensure_free_target
 from sdm.core.errors import SdmError, run_reporting_errors
 
 

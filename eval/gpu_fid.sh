@@ -73,6 +73,16 @@ stash() {
   mkdir -p "$STASH" && cp "$1"/payload.tar.* "$STASH"/ && ls -l "$STASH"
 }
 
+console() {  # NAME ARGS...: a console script of pyproject.toml, run without installing the package
+  "$PYTHON" - "$REPO/pyproject.toml" "$@" <<'EOF'
+import importlib, sys, tomllib
+scripts = tomllib.loads(open(sys.argv[1]).read())["project"]["scripts"]
+module, _, function = scripts[sys.argv[2]].partition(":")
+sys.argv = sys.argv[2:]
+sys.exit(getattr(importlib.import_module(module), function)())
+EOF
+}
+
 log() { echo "[$(date -u +%H:%M:%S) +${SECONDS}s] $*" | tee -a "$LOG"; }
 
 run() {
@@ -97,9 +107,19 @@ run() {
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
       "$WORK/payload/wheels/"*.whl
   fi
-  # the sdm namespace straight from this checkout (pyproject's package-dir mapping), nothing built
-  mkdir -p "$WORK/path/sdm" && cp "$REPO/sdm/__init__.py" "$WORK/path/sdm/"
-  for package in core pretrained calibration converter eval; do ln -sfn "$REPO/$package" "$WORK/path/sdm/$package"; done
+  # the sdm namespace straight from this checkout, as pyproject.toml maps it, nothing built
+  rm -rf "$WORK/path" && "$PYTHON" - "$REPO" "$WORK/path" <<'EOF'
+import sys, tomllib
+from pathlib import Path
+repo, farm = Path(sys.argv[1]), Path(sys.argv[2])
+mapping = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+(farm / "sdm").mkdir(parents=True)
+for entry in (repo / mapping["sdm"]).iterdir():  # sdm's own modules and subpackages
+    (farm / "sdm" / entry.name).symlink_to(entry)
+for package, folder in mapping.items():
+    if package != "sdm":
+        (farm / package.replace(".", "/")).symlink_to(repo / folder)
+EOF
   export PYTHONPATH="$WORK/path:$WORK/site${PYTHONPATH:+:$PYTHONPATH}" SDM_INCEPTION="$WORK/payload/default_1.pt"
   export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
   "$PYTHON" -c 'import sys, torch, diffusers, spikingjelly, pytorch_fid
@@ -119,7 +139,7 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__}, diffusers {d
   if [ "$budget" -gt 0 ]; then
     log "probe: one UNet call of each model at batch $batch (eval/bench.py)"
     rm -rf "$WORK/bench"
-    "$PYTHON" -m sdm.eval.bench --ann "$ann" --timesteps "$(IFS=,; echo "${timesteps[*]}")" --batch-sizes "$batch" \
+    "$PYTHON" "$REPO/eval/bench.py" --ann "$ann" --timesteps "$(IFS=,; echo "${timesteps[*]}")" --batch-sizes "$batch" \
       --repeats 1 --device "$device" ${tf32:+--tf32} --out "$WORK/bench" > /dev/null 2>&1
     cat "$WORK/bench/bench.md" >> "$LOG"
     local plan projected
@@ -154,7 +174,7 @@ EOF
   for t in "${chosen[@]}"; do
     log "convert T=$t on $device"
     rm -rf "$WORK/snn-T$t"
-    "$PYTHON" -m sdm.converter.cli --checkpoint "$ann" -T "$t" --device "$device" --eval-samples 0 \
+    console sdm-convert --checkpoint "$ann" -T "$t" --device "$device" --eval-samples 0 \
       ${first:+--record "$first"} --out "$WORK/snn-T$t" 2>&1 | tee -a "$LOG"
     first=${first:-$WORK/snn-T$t}
     snns+=("$WORK/snn-T$t")
@@ -162,7 +182,7 @@ EOF
 
   log "sampling ANN and SNN(s) ${snns[*]##*/}: $samples samples, DDIM $steps, batch $batch, TF32 $([ -n "$tf32" ] && echo on || echo off)"
   rm -rf "$WORK/report"
-  "$PYTHON" -m sdm.eval.compare ann-vs-snn --ann "$ann" --snn "${snns[@]}" --num-samples "$samples" --steps "$steps" \
+  "$PYTHON" "$REPO/eval/compare.py" ann-vs-snn --ann "$ann" --snn "${snns[@]}" --num-samples "$samples" --steps "$steps" \
     --batch-size "$batch" --seed 0 --sampler ddim --fid-ref "$WORK/cifar10-test.npz" --device "$device" ${tf32:+--tf32} \
     --out "$WORK/report" 2>&1 | tee -a "$LOG"
   cp "$WORK/report/"{report.json,report.md,grid.png,spike_rates.png} "$WORK/report/"samples_*.npz "$out/"

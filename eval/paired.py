@@ -17,7 +17,6 @@ from sdm.eval.energy import count_operations, energy_estimate
 from sdm.eval.images import psnr, to_uint8
 from sdm.eval.sampling import Trajectory, as_eps_function, initial_noise, run_sampler
 from sdm.pretrained.loading import SourceModel
-from sdm.core.errors import SdmError
 
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; means use this cap
 
@@ -31,19 +30,6 @@ class PairedSettings:
     batch_size: int = 16
     device: str | torch.device = "cpu"
     tf32: bool = False  # see core.devices.set_tf32: off keeps ANN and SNN on the same float32 arithmetic
-
-
-class SourceMismatchError(SdmError):
-    """A converted model was made from another source model than the ANN it is compared with."""
-
-
-def check_same_source(snn: SpikingUNet2DModel, source: SourceModel, label: str) -> None:
-    recorded = (snn.config.provenance or {}).get("source", {}).get("fingerprint")
-    actual = source.describe()["fingerprint"]
-    if recorded != actual:
-        raise SourceMismatchError(
-            f"{label} was converted from another model (fingerprint {recorded}) than the ANN given ({actual})"
-        )
 
 
 def _sample(unet, noise: torch.Tensor, source: SourceModel, settings: PairedSettings, desc: str,
