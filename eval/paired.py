@@ -95,7 +95,8 @@ def _measure(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, 
     per_image = psnr(ann_images, snn_images)
     if closed_form:  # no spikes were simulated: nothing to count rates or energy from
         spike_rate = {"mean": None, "per_site": {}}
-        energy: dict[str, Any] = {"snn_over_ann": None, "not_measured": "closed form simulates no spikes"}
+        energy: dict[str, Any] = {"snn_over_ann": None,
+                                  "convention": "not measured: the closed form simulates no spikes (use --simulation both)"}
     else:
         spike_rate = {"mean": total_spikes / max(total_steps, 1), "per_site": rates}
         energy = energy_estimate(snn, count_operations(snn), rates)
