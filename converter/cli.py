@@ -15,7 +15,7 @@ from sdm.calibration.collect import CalibrationSettings, calibrate_data_free, ca
 from sdm.calibration.record import CalibrationRecord
 from sdm.converter.allocator import retain_freed_memory
 from sdm.converter.convert import convert
-from sdm.converter.export import atomic_folder, ensure_free_target, save_converted
+from sdm.converter.export import save_converted
 from sdm.converter.mapping import check_convertible
 from sdm.converter.operations import operations_report
 from sdm.converter.policy import (
@@ -32,6 +32,7 @@ from sdm.eval.images import psnr, save_grid_rows, to_uint8
 from sdm.eval.sampling import SAMPLERS, as_eps_function, initial_noise, run_sampler
 from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.zoo import DEFAULT_MODEL
+from sdm.core.atomic import atomic_folder, ensure_free_target
 from sdm.core.devices import resolve_device
 from sdm.core.errors import SdmError, run_reporting_errors
 

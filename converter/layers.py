@@ -32,15 +32,21 @@ def _time_index(timesteps: int, like: torch.Tensor) -> torch.Tensor:
     return torch.arange(1, timesteps + 1, device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
 
-def _running_mean(seq: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """cumsum(seq, 0) / t as a new tensor, outside autograd: fused when the kernel applies.
+def _cumsum(seq: torch.Tensor) -> torch.Tensor:
+    """Cumulative sum over SNN time, accumulated in float64 and rounded once to seq's dtype.
 
-    (cumsum accumulates float32 in double on CPU; the kernel does the same, so every path
-    computes identical running means.)
+    This is what CPU cumsum does for float32 by itself (and the site kernel too); CUDA's cumsum
+    accumulates float32 in float32, so asking for float64 makes the running means, and thus
+    the spikes, the same on every device.
     """
+    return seq.cumsum(dim=0, dtype=torch.float64).to(seq.dtype)
+
+
+def _running_mean(seq: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """cumsum(seq, 0) / t as a new tensor, outside autograd: fused when the kernel applies."""
     if site_kernel.applicable(seq):
         return site_kernel.running_mean(seq)
-    return seq.cumsum(dim=0).div_(t)
+    return _cumsum(seq).div_(t)
 
 
 def expectation_increments(fn, x: torch.Tensor, timesteps: int) -> torch.Tensor:
@@ -56,7 +62,7 @@ def expectation_increments(fn, x: torch.Tensor, timesteps: int) -> torch.Tensor:
         for step in range(timesteps - 1, 0, -1):  # backwards, so each step still sees its predecessor
             accumulated[step].sub_(accumulated[step - 1])
         return accumulated.flatten(0, 1)
-    running = seq.cumsum(dim=0) / t
+    running = _cumsum(seq) / t
     accumulated = fn(running.flatten(0, 1)).unflatten(0, (timesteps, -1)) * t
     increments = accumulated.clone()
     increments[1:] -= accumulated[:-1]
@@ -152,7 +158,7 @@ class SpikingActivation(TimeFolded):
         """The exact neuron's input, [T, B, ...]: t * g_t, or with TSM the running sum of p[t] times
         the increments."""
         if self.tsm is not None:
-            return self.drive_sequence(current).cumsum(dim=0)
+            return _cumsum(self.drive_sequence(current))
         seq = current.unflatten(0, (self.timesteps, -1))
         t = _time_index(self.timesteps, seq)
         if not _functional():

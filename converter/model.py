@@ -25,6 +25,10 @@ from sdm.converter.policy import ConversionPolicy
 from sdm.converter.simulation import SIMULATIONS, SimulationError, check_choice, closed_form_obstacle
 from sdm.converter.tsm import enable_tsm
 
+# Rows (T x inputs) of 32x32 that one pass on a GPU may hold: the reference model needs about
+# 5 MiB of working memory per row (its ANN: 77 MiB at batch 16), so 4,096 rows take ~20 GiB.
+GPU_PASS_ROWS = 4096
+
 
 class SpikingUNet2DModel(ModelMixin, ConfigMixin):
     """A spiking UNet converted from a diffusers `UNet2DModel`."""
@@ -64,11 +68,15 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_ann(cls, ann: UNet2DModel, policy: ConversionPolicy, provenance: dict[str, Any] | None = None) -> "SpikingUNet2DModel":
-        """A spiking copy of `ann` with its weights; thresholds still to be set."""
+        """A spiking copy of `ann` with its weights, on `ann`'s device; thresholds still to be set.
+
+        The sites' new buffers (thresholds, shifts) are created on the CPU, so the copy is moved
+        as a whole to where the ANN's weights are.
+        """
         snn = cls(source_config=dict(ann.config), policy=policy.to_dict(), provenance=provenance or {})
         snn.unet = convert_unet_modules(copy.deepcopy(ann), policy)
         snn.set_threshold_scale(policy.threshold_scale)
-        return snn.eval()
+        return snn.to(next(ann.parameters()).device).eval()
 
     @property
     def timesteps(self) -> int:
@@ -129,23 +137,31 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
                 module.closed_form = mode == "closed-form"
 
     def set_inputs_per_pass(self, inputs: int | None) -> None:
-        """How many inputs one stacked pass simulates (each as T rows); None: ceil(batch / T).
+        """How many inputs one stacked pass simulates (each as T rows); None: the device's rule.
 
-        The default gives a pass about as many rows as the batch, so the SNN's working memory and
-        its convolutions' shapes match the ANN's at the same batch (eval/bench.py measures both);
-        a larger value trades memory for fewer, larger passes (useful on a GPU at small batch).
+        On the CPU the default is ceil(batch / T): a pass holds about as many rows as the batch,
+        so the SNN's working memory and its convolutions' shapes match the ANN's at the same batch
+        (eval/bench.py measures both). On a GPU, where larger convolutions are what keeps it
+        busy, the whole batch runs in one pass up to GPU_PASS_ROWS rows of 32x32 (scaled by the
+        image area), then in equal passes below that budget.
         """
         if inputs is not None and inputs < 1:
             raise ValueError(f"inputs per pass must be >= 1, got {inputs}")
         self.inputs_per_pass = inputs
 
-    def _pass_size(self, batch: int) -> int:
+    def _pass_size(self, sample: torch.Tensor) -> int:
+        batch = sample.shape[0]
         if torch.jit.is_tracing():  # one pass, so an exported graph keeps its batch dimension dynamic
             return batch
         chosen = self.inputs_per_pass
         if chosen is not None:
             return chosen
-        return batch if self.simulation == "closed-form" else max(1, -(-batch // self.timesteps))
+        rows_per_input = 1 if self.simulation == "closed-form" else self.timesteps
+        if sample.device.type == "cpu":
+            return max(1, -(-batch // rows_per_input))
+        budget = max(1, GPU_PASS_ROWS * 32 * 32 // (rows_per_input * sample[0, 0].numel()))
+        passes = -(-batch // budget)
+        return -(-batch // passes)
 
     def forward(
         self,
@@ -162,7 +178,7 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
         batch = sample.shape[0]
         timesteps = torch.as_tensor(timestep, device=sample.device)
         timesteps = timesteps.reshape(-1).expand(batch) if timesteps.numel() == 1 else timesteps
-        size = self._pass_size(batch)
+        size = self._pass_size(sample)
         predictions = [
             self._simulate(sample[start:start + size], timesteps[start:start + size],
                            None if class_labels is None else class_labels[start:start + size])

@@ -42,8 +42,7 @@ class SiteNeuron(nn.Module):
         self.register_buffer("threshold_pos", torch.ones(channels))
         self.register_buffer("threshold_neg", torch.ones(channels))
         self.monitor = False
-        self.spike_count = 0.0
-        self.neuron_steps = 0
+        self.reset_monitor()
 
     def thresholds(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(theta_pos, theta_neg) with guidance applied, shaped to broadcast over `like` ([N, C, ...])."""
@@ -57,12 +56,20 @@ class SiteNeuron(nn.Module):
         return signed_counts(cumulative, theta_pos, theta_neg, timesteps, self.membrane_init, self.signed)
 
     def count_spikes(self, spikes: float | torch.Tensor, neuron_steps: int) -> None:
+        """While monitoring, add a count of spike units (a tensor on the neuron's device, or a number)
+        over `neuron_steps`. Counts stay where they were computed: reading one on CUDA waits for the
+        device, so the sum is read once, by `spike_count`, not per site and step."""
         if self.monitor:
-            self.spike_count += float(spikes)
+            self._spikes = self._spikes + spikes
             self.neuron_steps += neuron_steps
 
+    @property
+    def spike_count(self) -> float:
+        """Spike units emitted since `reset_monitor()` (one host read of the accumulated count)."""
+        return float(self._spikes)
+
     def reset_monitor(self) -> None:
-        self.spike_count = 0.0
+        self._spikes: torch.Tensor | float = 0.0
         self.neuron_steps = 0
 
 
@@ -98,7 +105,7 @@ class GradedIFNode(SiteNeuron):
         if self.signed:
             spikes = spikes - theta_neg * changes[1]
         if self.monitor:
-            self.count_spikes(sum(float(change.detach().abs().sum()) for change in changes), spikes.numel())
+            self.count_spikes(sum(change.detach().abs().sum() for change in changes), spikes.numel())
         return spikes
 
     def _emitted(self, counts: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@
 "closed-form" runs the model's quantised twin: every site replaced by its ideal quantiser on its
 time-averaged input, GroupNorm, SiLU and attention evaluated once on the time average, one pass
 of B rows per UNet call (the ANN's cost). With exact neurons and no TSM the two agree on every
-neuron's count, up to float ties (eval/equivalence.py measures it). A TSM model (p[t] not all 1)
+neuron's count, up to float ties (converter/equivalence.py measures it). A TSM model (p[t] not all 1)
 and per-step attention ("instant") have no closed form: the time average of their outputs is not
 a function of the time-averaged input.
 """

@@ -25,14 +25,14 @@ import torch
 from sdm.calibration.collect import CalibrationSettings, calibrate_data_free
 from sdm.converter import site_kernel
 from sdm.converter.allocator import retain_freed_memory
-from sdm.core.devices import resolve_device
+from sdm.core.devices import DEVICE_HELP, resolve_device, synchronize, tf32_enabled
 from sdm.converter.convert import convert
-from sdm.converter.export import atomic_folder, ensure_free_target
 from sdm.converter.model import SpikingUNet2DModel
 from sdm.converter.policy import ConversionPolicy
 from sdm.converter.simulation import SIMULATIONS, check_choice
 from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.zoo import DEFAULT_MODEL
+from sdm.core.atomic import atomic_folder, ensure_free_target
 from sdm.core.errors import SdmError, run_reporting_errors
 
 
@@ -139,12 +139,14 @@ def bench(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     source = load_source_model(args.ann)
     fingerprint = source.describe()["fingerprint"]
-    start = time.perf_counter()
-    record = calibrate_data_free(source.unet, source.scheduler_config, CalibrationSettings(), fingerprint)
-    calibrated = time.perf_counter()
-    snns = {t: convert(source, record, ConversionPolicy(timesteps=t)).to(device) for t in timesteps}
-    converted = time.perf_counter()
     ann = source.unet.to(device)
+    start = time.perf_counter()
+    record = calibrate_data_free(ann, source.scheduler_config, CalibrationSettings(), fingerprint, device)
+    synchronize(device)
+    calibrated = time.perf_counter()
+    snns = {t: convert(source, record, ConversionPolicy(timesteps=t), device) for t in timesteps}
+    synchronize(device)
+    converted = time.perf_counter()
     variants = [Variant("ann", ann, 0, True)]
     for t in timesteps:
         for simulation in simulations:
@@ -183,7 +185,7 @@ def bench(args: argparse.Namespace) -> dict:
                 "peak_mib": peak, "peak_over_ann": (peak / ann_peak) if peak and ann_peak else None,
             })
     result = {
-        "device": str(device), "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "device": str(device), "tf32": tf32_enabled(), "threads": torch.get_num_threads(), "repeats": args.repeats,
         "site_kernel_available": site_kernel.available(), "allocator": "retain" if retained else "default",
         "calibration_seconds": calibrated - start,
         "conversion_seconds_per_T": (converted - calibrated) / len(timesteps),
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", default="1,16")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP + " (default cpu)")
     p.add_argument("--allocator", choices=("retain", "default"), default="retain",
                    help="retain: keep freed buffers mapped (converter/allocator.py), as the sampling commands do; "
                         "default: glibc's own thresholds")

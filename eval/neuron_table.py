@@ -4,7 +4,7 @@ Converts the source with a saved calibration record for every T and neuron kind 
 bound), runs each on recorded x_t at the given diffusion timesteps, and prints, per model, the
 fraction of neurons whose count differs from the twin on their own time-averaged input, the
 neurons that fired both signs, site MSE SNN / twin, and spikes per neuron and UNet call
-(eval/equivalence.py). Writes table.json and table.md to --out.
+(converter/equivalence.py). Writes table.json and table.md to --out.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from sdm.converter.convert import convert
 from sdm.converter.export import atomic_folder, ensure_free_target
 from sdm.converter.policy import ConversionPolicy
 from sdm.core.errors import SdmError, run_reporting_errors
-from sdm.eval.equivalence import neuron_table, record_inputs_at
+from sdm.converter.equivalence import neuron_table, record_inputs_at
 from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.zoo import DEFAULT_MODEL
 

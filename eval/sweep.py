@@ -20,7 +20,6 @@ from sdm.calibration.record import CalibrationRecord
 from sdm.converter.allocator import retain_freed_memory
 from sdm.core.devices import resolve_device
 from sdm.converter.convert import convert
-from sdm.converter.export import atomic_folder, ensure_free_target
 from sdm.converter.policy import THRESHOLD_METHODS, ConversionPolicy
 from sdm.converter.simulation import check_choice
 from sdm.eval.paired import PairedSettings, measure_snn, sample_ann
@@ -28,6 +27,7 @@ from sdm.eval.plots import plot_metric_curves
 from sdm.eval.sampling import add_sampling_arguments
 from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.zoo import DEFAULT_MODEL
+from sdm.core.atomic import atomic_folder, ensure_free_target
 from sdm.core.errors import SdmError, run_reporting_errors
 
 COLUMNS = ["method", "percentile", "timesteps", "threshold_scale", "psnr_db", "eps_rel_l2", "eps_cosine",
@@ -92,7 +92,7 @@ def sweep(args: argparse.Namespace) -> list[dict]:
     record = CalibrationRecord.load(args.record)
     record.check_source(source.describe()["fingerprint"])
     source.unet.to(device)
-    settings = PairedSettings(args.num_samples, args.steps, args.seed, args.sampler, args.batch_size, device)
+    settings = PairedSettings(args.num_samples, args.steps, args.seed, args.sampler, args.batch_size, device, args.tf32)
     noise, ann_run = sample_ann(source, settings)
     rows = []
     converted: dict[tuple, object] = {}

@@ -104,7 +104,8 @@ def test_search_models_exactly_what_the_site_twin_and_the_stepped_neuron_emit(si
 def test_auto_granularity_keeps_per_channel_only_where_it_wins():
     torch.manual_seed(2)
     alike = stats_from(torch.randn(4, 2000), activation="silu")  # one distribution: a layer clip is as good
-    scaled = stats_from(torch.randn(4, 2000) * torch.tensor([[0.05], [0.2], [1.0], [5.0]]), activation="silu")
+    # narrow channels around different levels: a layer clip's coarse steps miss all of them
+    scaled = stats_from(torch.randn(4, 2000) * 0.1 + torch.tensor([[0.5], [1.0], [2.0], [4.0]]), activation="silu")
     for stats, expected in ((alike, "layer"), (scaled, "channel")):
         auto = site_thresholds(stats, 4, granularity="auto")
         chosen = site_thresholds(stats, 4, granularity=expected)

@@ -1,5 +1,8 @@
 """The fused site kernel: the reference tensor arithmetic, bit for bit, or a clean fallback."""
 
+import os
+import shutil
+
 import pytest
 import torch
 
@@ -81,3 +84,18 @@ def test_without_a_compiler_the_tensor_path_is_used(tmp_path, monkeypatch):
         assert not list(tmp_path.rglob("*.so"))
     finally:
         site_kernel._library.cache_clear()  # later callers see the restored environment
+
+
+def test_an_unwritable_cache_is_named_once_and_the_kernel_still_runs(tmp_path, monkeypatch, capsys):
+    if shutil.which(os.environ.get("CC") or "cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    site_kernel._library.cache_clear()
+    try:
+        assert site_kernel.available() and site_kernel.available()
+        notice = [line for line in capsys.readouterr().err.splitlines() if "site-kernel cache not writable" in line]
+        assert len(notice) == 1 and str(tmp_path / "cache") in notice[0]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+    finally:
+        site_kernel._library.cache_clear()
