@@ -35,11 +35,21 @@ def check_choice(mode: str, choices: tuple[str, ...] = CHOICES) -> str:
     return mode
 
 
+INSTANT_ATTENTION = "per-step attention (--attention instant) has no closed form: simulate it with steps"
+
+
+def check_policy(mode: str, attention: str) -> None:
+    """Refuse before any work a simulation the policy's model cannot have (TSM is checked on the model)."""
+    check_choice(mode)
+    if mode != "steps" and attention == "instant":
+        raise SimulationError(INSTANT_ATTENTION)
+
+
 def closed_form_obstacle(snn: "SpikingUNet2DModel") -> str | None:
     """Why `snn` has no closed form, or None when it has one."""
     for module in snn.modules():
         if isinstance(module, SpikingActivation) and module.tsm is not None and not bool(torch.all(module.tsm == 1)):
             return f"a TSM model (p[t] not all 1, site {module.site}) has no closed form: simulate it with steps"
         if isinstance(module, SpikingAttention) and module.mode == "instant":
-            return "per-step attention (--attention instant) has no closed form: simulate it with steps"
+            return INSTANT_ATTENTION
     return None

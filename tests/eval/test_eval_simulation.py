@@ -61,3 +61,21 @@ def test_bench_times_steps_and_closed_form_side_by_side(converted, tmp_path):
     rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]
     assert [(r["model"], r["simulation"]) for r in rows] == [("ann", None), ("snn-T2", "steps"),
                                                            ("snn-T2 closed-form", "closed-form")]
+
+
+def test_sdm_convert_fidelity_check_runs_both_simulations(converted, tmp_path, capsys):
+    import json
+
+    from sdm.converter.cli import main as convert_main
+
+    out = tmp_path / "snn"
+    argv = ["--checkpoint", str(converted / "ann"), "-T", "2", "--record", str(converted / "snn"), "--eval-samples", "2",
+            "--eval-steps", "2", "--simulation", "both", "--out", str(out)]
+    assert convert_main(argv) == 0
+    fidelity = json.loads((out / "summary.json").read_text())["fidelity"]
+    assert fidelity["simulation"] == "both" and fidelity["equivalence"]["pinned_count_differs_fraction"] == 0.0
+    assert fidelity["spike_rate"] > 0 and "psnr_db" in fidelity["closed_form"]
+    refused = ["--checkpoint", str(converted / "ann"), "--attention", "instant", "--simulation", "closed-form",
+               "--out", str(tmp_path / "never")]
+    assert convert_main(refused) == 2
+    assert "attention instant" in capsys.readouterr().err and not (tmp_path / "never").exists()
