@@ -36,11 +36,11 @@ from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.zoo import DEFAULT_MODEL
 from sdm.core.atomic import atomic_folder, ensure_free_target
 from sdm.core.devices import resolve_device
-from sdm.core.errors import SdmError, run_reporting_errors
+from sdm.core.errors import CommandParser, SdmError, run_reporting_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="sdm-convert",
         description="Convert a pretrained diffusion UNet into a spiking UNet and measure it against the source.",
     )
@@ -143,14 +143,17 @@ def run(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     if args.eval_samples < 0:
         raise SdmError(f"--eval-samples must be >= 0, got {args.eval_samples}")
+    if args.eval_samples > 0 and args.eval_steps < 1:
+        raise SdmError(f"--eval-steps must be >= 1, got {args.eval_steps}")
     check_policy(args.simulation, policy.attention)
-    source = load_source_model(args.checkpoint)
+    settings = CalibrationSettings(num_samples=args.calib_samples, steps=args.calib_steps, seed=args.seed,
+                                   batch_size=args.calib_batch_size)  # checked before any model loads
     out = args.out or Path("runs") / f"{Path(str(args.checkpoint)).name}-T{policy.timesteps}"
-    check_convertible(source.unet, policy)
     ensure_free_target(out, args.overwrite)
+    source = load_source_model(args.checkpoint)
+    check_convertible(source.unet, policy)
     images = calibration_images(args, source) if args.calib_data is not None and args.record is None else None
     fingerprint = source.describe()["fingerprint"]
-    print(f"source: {source.origin} ({source.format}, weights: {source.weights})", file=sys.stderr)
     source.unet.to(device)
 
     started = time.perf_counter()
@@ -158,8 +161,7 @@ def run(args: argparse.Namespace) -> dict:
         record = CalibrationRecord.load(args.record)
         record.check_source(fingerprint)
     else:
-        settings = CalibrationSettings(num_samples=args.calib_samples, steps=args.calib_steps, seed=args.seed,
-                                       batch_size=args.calib_batch_size)
+        print(f"source: {source.origin} ({source.format}, weights: {source.weights})", file=sys.stderr)
         if images is not None:
             record = calibrate_from_data(source.unet, source.scheduler_config, images, settings, fingerprint, device)
         else:

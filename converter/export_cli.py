@@ -12,11 +12,11 @@ from sdm.converter.nir_export import export_nir
 from sdm.converter.onnx_export import export_onnx
 from sdm.pretrained.loading import load_source_model
 from sdm.core.atomic import probe_writable, write_text
-from sdm.core.errors import run_reporting_errors
+from sdm.core.errors import CommandParser, run_reporting_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdm-export", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="sdm-export", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="format", required=True)
     onnx = sub.add_parser("onnx", help="whole spiking UNet, T steps unrolled, verified with onnxruntime "
                                        "(PyTorch pinned to the exported spikes; differing decisions must be threshold ties)")

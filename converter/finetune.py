@@ -43,7 +43,7 @@ from sdm.converter.tsm import TRAINABLE, clamp_thresholds_, freeze, set_trainabl
 from sdm.pretrained.loading import SourceModel, load_source_model, state_dict_fingerprint
 from sdm.pretrained.zoo import DEFAULT_MODEL
 from sdm.core.atomic import atomic_folder
-from sdm.core.errors import SdmError, run_reporting_errors
+from sdm.core.errors import CommandParser, SdmError, run_reporting_errors
 from sdm.core.training import check_output_folder, data_target, device_name, ema_update, load_checkpoint, save_checkpoint, to_model_range, write_loss_log
 
 CHECKPOINT = "checkpoint.pt"
@@ -65,7 +65,7 @@ class FinetuneError(SdmError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="sdm-finetune",
         description="Fine-tune a converted SNN: learn TSM factors p[t] per spiking site and time step "
                     "(optionally thresholds, or everything) by distillation from the source ANN and/or real images.",

@@ -33,7 +33,8 @@ from sdm.converter.simulation import SIMULATIONS, check_choice
 from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.zoo import DEFAULT_MODEL
 from sdm.core.atomic import atomic_folder, ensure_free_target
-from sdm.core.errors import SdmError, run_reporting_errors
+from sdm.core.settings import parse_list
+from sdm.core.errors import CommandParser, SdmError, run_reporting_errors
 
 
 def _resident_kib(field: str) -> int | None:
@@ -128,10 +129,11 @@ def _summary(values: list[float]) -> dict:
 
 def bench(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
-    timesteps = [int(v) for v in args.timesteps.split(",") if v.strip()]
-    batches = [int(v) for v in args.batch_sizes.split(",") if v.strip()]
+    timesteps, batches = parse_list(args.timesteps, "--timesteps"), parse_list(args.batch_sizes, "--batch-sizes")
     if not timesteps or not batches or min(timesteps + batches) < 1 or args.repeats < 1:
         raise SdmError("timesteps, batch sizes and repeats must be non-empty and >= 1")
+    if args.threads < 0:
+        raise SdmError(f"--threads must be >= 0, got {args.threads}")
     simulations = SIMULATIONS if check_choice(args.simulation) == "both" else (args.simulation,)
     ensure_free_target(args.out, args.overwrite)
     retained = args.allocator == "retain" and retain_freed_memory()
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--memory-worker"]:
         _memory_worker(argv[1], int(argv[2]), int(argv[3]), int(argv[4]), argv[5])
         return 0
-    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.splitlines()[0])
+    p = CommandParser(prog="bench.py", description=__doc__.splitlines()[0])
     p.add_argument("--ann", default=DEFAULT_MODEL)
     p.add_argument("--timesteps", default="1,2,4,8")
     p.add_argument("--batch-sizes", default="1,16")

@@ -24,15 +24,15 @@ from sdm.eval.images import save_grid_rows, save_npz_images, to_uint8
 from sdm.eval.paired import PairedSettings, measure_snn, sample_ann
 from sdm.eval.plots import plot_metric_curves, plot_spike_rates
 from sdm.eval.report import FidContext, write_markdown
-from sdm.eval.sampling import add_sampling_arguments
+from sdm.eval.sampling import add_sampling_arguments, check_sampling_arguments
 from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.zoo import DEFAULT_MODEL
 from sdm.core.atomic import atomic_folder, ensure_free_target
-from sdm.core.errors import SdmError, run_reporting_errors
+from sdm.core.errors import CommandParser, run_reporting_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="compare.py", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="compare.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("ann-vs-snn", help="sample ANN and SNN(s) from the same noise and report how close they are")
     p.add_argument("--ann", default=DEFAULT_MODEL, help=f"source ANN (path or embedded name; default {DEFAULT_MODEL})")
@@ -53,18 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_counts(args: argparse.Namespace) -> None:
-    if args.num_samples < 1:
-        raise SdmError(f"--num-samples must be >= 1, got {args.num_samples}")
-    if args.steps < 1:
-        raise SdmError(f"--steps must be >= 1, got {args.steps}")
-
-
 def ann_fid(args: argparse.Namespace) -> dict:
     """Sample the ANN from seeded noise and compare its Inception statistics with the reference."""
     from sdm.eval.fid import FeatureStats, InceptionFeatures, fid_from_stats
 
-    _check_counts(args)
+    check_sampling_arguments(args)
     device = distributed.start(vars(args), args.device)
     ensure_free_target(args.out, args.overwrite)
     reference = FeatureStats.load(args.fid_ref)
@@ -92,7 +85,7 @@ def ann_fid(args: argparse.Namespace) -> dict:
 
 
 def ann_vs_snn(args: argparse.Namespace) -> dict:
-    _check_counts(args)
+    check_sampling_arguments(args)
     device = distributed.start(vars(args), args.device)
     ensure_free_target(args.out, args.overwrite)
     source = load_source_model(args.ann)

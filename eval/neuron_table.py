@@ -20,7 +20,7 @@ from sdm.calibration.record import CalibrationRecord
 from sdm.converter.convert import convert
 from sdm.converter.export import atomic_folder, ensure_free_target
 from sdm.converter.policy import ConversionPolicy
-from sdm.core.errors import SdmError, run_reporting_errors
+from sdm.core.errors import CommandParser, SdmError, run_reporting_errors
 from sdm.converter.equivalence import neuron_table, record_inputs_at
 from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.zoo import DEFAULT_MODEL
@@ -37,7 +37,7 @@ def _ints(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="neuron_table.py", description=__doc__.splitlines()[0])
+    p = CommandParser(prog="neuron_table.py", description=__doc__.splitlines()[0])
     p.add_argument("--ann", default=DEFAULT_MODEL, help=f"source ANN (default {DEFAULT_MODEL})")
     p.add_argument("--record", type=Path, required=True, help="folder with a calibration record (sdm-convert --out)")
     p.add_argument("--timesteps", default="4,8,16", help="comma list of T (default 4,8,16)")

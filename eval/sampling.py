@@ -37,6 +37,13 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, num_samples: int,
                              "comparisons want the same float32 arithmetic in ANN and SNN; the report records it)")
 
 
+def check_sampling_arguments(args: argparse.Namespace) -> None:
+    """The ranges of the options `add_sampling_arguments` declares, checked before any work."""
+    for flag in ("num_samples", "steps", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise SdmError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+
+
 def make_sampler(name: str, scheduler_config: dict, steps: int):
     """A diffusers scheduler by short name, set to `steps` inference steps."""
     if name == "ddim":

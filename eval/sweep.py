@@ -24,27 +24,20 @@ from sdm.converter.policy import THRESHOLD_METHODS, ConversionPolicy
 from sdm.converter.simulation import check_choice
 from sdm.eval.paired import PairedSettings, measure_snn, sample_ann
 from sdm.eval.plots import plot_metric_curves
-from sdm.eval.sampling import add_sampling_arguments
+from sdm.eval.sampling import add_sampling_arguments, check_sampling_arguments
 from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.zoo import DEFAULT_MODEL
 from sdm.core.atomic import atomic_folder, ensure_free_target
-from sdm.core.errors import SdmError, run_reporting_errors
+from sdm.core.settings import parse_list
+from sdm.core.errors import CommandParser, SdmError, run_reporting_errors
 
 COLUMNS = ["method", "percentile", "timesteps", "threshold_scale", "psnr_db", "eps_rel_l2", "eps_cosine",
            "spike_rate", "energy_snn_over_ann", "time_snn_over_ann", "simulation", "closed_form_psnr_db",
            "count_differs_fraction"]
 
 
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sweep.py", description=__doc__.splitlines()[0])
+    p = CommandParser(prog="sweep.py", description=__doc__.splitlines()[0])
     p.add_argument("--ann", default=DEFAULT_MODEL, help=f"source ANN (default {DEFAULT_MODEL})")
     p.add_argument("--record", type=Path, required=True, help="folder with calibration.json/.safetensors "
                    "(any sdm-convert output folder)")
@@ -63,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 def grid(args: argparse.Namespace) -> list[tuple[str, float, int, float]]:
     """(method, percentile, T, scale) combinations; percentiles only multiply the percentile method."""
     methods = [m for m in args.methods.split(",") if m.strip()]
-    percentiles, timesteps, scales = _floats(args.percentiles), _ints(args.timesteps), _floats(args.scales)
+    percentiles, timesteps, scales = (parse_list(args.percentiles, "--percentiles", float),
+                                       parse_list(args.timesteps, "--timesteps"), parse_list(args.scales, "--scales", float))
     if not methods or not timesteps or not scales or ("percentile" in methods and not percentiles):
         raise SdmError("sweep grid is empty: give at least one method, T and scale (and percentile for that method)")
     for scale in scales:
@@ -82,7 +76,10 @@ def sweep(args: argparse.Namespace) -> list[dict]:
         extra = json.loads(args.policy)
     except json.JSONDecodeError as exc:
         raise SdmError(f"--policy is not JSON: {exc}") from None
+    if not isinstance(extra, dict):
+        raise SdmError(f"--policy must be a JSON object, got {args.policy!r}")
     check_choice(args.simulation)
+    check_sampling_arguments(args)
     combos = grid(args)
     for method, percentile, t, scale in combos:  # validate every policy before any work
         ConversionPolicy.from_dict({**extra, "threshold_method": method, "percentile": percentile, "timesteps": t,

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from sdm.pretrained.own_layout import OwnLayoutConfig, OwnLayoutError, save_own_layout_checkpoint
 from sdm.core.atomic import atomic_folder
-from sdm.core.errors import SdmError, run_reporting_errors
+from sdm.core.errors import CommandParser, SdmError, run_reporting_errors
 from sdm.core.training import (check_output_folder, data_target, device_name, ema_update, load_checkpoint, save_checkpoint, to_model_range,
                           write_loss_log)
 
@@ -55,7 +55,7 @@ class TrainError(SdmError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sdm-train", description=__doc__.splitlines()[0])
+    p = CommandParser(prog="sdm-train", description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True, help="images: a folder or a zip (e.g. the CIFAR-10 zip)")
     p.add_argument("--out", type=Path, required=True, help="output folder (holds the checkpoint while training)")
     p.add_argument("--split", default=None, help="keep images under a folder of this name (CIFAR-10 zip: train)")

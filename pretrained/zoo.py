@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sdm.core.errors import CommandParser
+
 PRETRAINED_DIR = Path(__file__).resolve().parent
 REGISTRY = PRETRAINED_DIR / "zoo.json"
 DEFAULT_MODEL = "ddpm-cifar10-ch64"
@@ -60,8 +62,9 @@ def zoo_table() -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    """`sdm-zoo`: the registered models as a Markdown table."""
+def main(argv: list[str] | None = None) -> int:
+    """`sdm-zoo`: the registered models as a Markdown table (`--help`; anything else is refused)."""
+    CommandParser(prog="sdm-zoo", description="The registered source models as a Markdown table.").parse_args(argv)
     print(zoo_table())
     return 0
 
