@@ -18,7 +18,8 @@ from typing import Callable
 
 import torch
 
-from sdm.calibration.record import CalibrationError, CalibrationRecord, SiteStats
+from sdm.calibration.record import CalibrationRecord, SiteStats
+from sdm.calibration.settings import CalibrationError
 from sdm.calibration.sites import activation_function
 
 MIN_THRESHOLD = 1e-4

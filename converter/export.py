@@ -21,10 +21,25 @@ from safetensors import SafetensorError, safe_open
 from sdm.calibration.record import CalibrationRecord
 from sdm.converter.model import SpikingUNet2DModel
 from sdm.core.errors import SdmError
+from sdm.pretrained.loading import SourceModel
 
 
 class ConvertedModelError(SdmError):
     """A folder is not a converted spiking model, or cannot be written."""
+
+
+class SourceMismatchError(SdmError):
+    """A converted model was made from another source model than the ANN it is used with."""
+
+
+def check_same_source(snn: SpikingUNet2DModel, source: SourceModel, label: str) -> None:
+    """Refuse an ANN that is not the SNN's recorded source (by state-dict fingerprint)."""
+    recorded = (snn.config.provenance or {}).get("source", {}).get("fingerprint")
+    actual = source.describe()["fingerprint"]
+    if recorded != actual:
+        raise SourceMismatchError(
+            f"{label} was converted from another model (fingerprint {recorded}) than the ANN given ({actual})"
+        )
 
 
 def ensure_free_target(target: Path, overwrite: bool = False) -> None:

@@ -25,8 +25,8 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 from pytorch_fid.inception import FID_WEIGHTS_URL, fid_inception_v3
 from tqdm import tqdm
 
-from sdm.eval.image_data import ImageSource
-from sdm.eval.images import check_uint8_nhwc
+from sdm.core.image_data import ImageSource
+from sdm.core.images import check_uint8_nhwc
 from sdm.core.devices import resolve_device
 from sdm.core.errors import SdmError
 
@@ -248,14 +248,6 @@ def fid_from_stats(a: FeatureStats, b: FeatureStats) -> float:
     if a.mu.shape != b.mu.shape:
         raise SdmError(f"stats have different feature sizes: {a.mu.shape} vs {b.mu.shape}")
     return float(calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
-
-
-def fid_between(images_a: np.ndarray, images_b: np.ndarray,
-                extractor: InceptionFeatures | None = None) -> float:
-    """FID between two uint8 NHWC image sets (each needs >= 2 images)."""
-    extractor = extractor or InceptionFeatures()
-    return fid_from_stats(FeatureStats.from_features(extractor(images_a)),
-                          FeatureStats.from_features(extractor(images_b)))
 
 
 def fid_weights_path() -> Path:

@@ -1,59 +1,57 @@
 """Run one ANN and one or more converted SNNs on the same noise and measure everything.
 
-This is the library behind `eval/compare.py ann-vs-snn` and the calibration sweeps.
+This is the library behind `eval/compare.py ann-vs-snn`, the calibration sweeps and the
+fidelity check of `sdm-convert`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from sdm.converter.model import SpikingUNet2DModel
-from sdm.eval.energy import count_operations, energy_estimate
-from sdm.eval.images import psnr, to_uint8
-from sdm.eval.sampling import Trajectory, as_eps_function, initial_noise, run_sampler
-from sdm.pretrained.loading import SourceModel
+from sdm.core.diffusion import as_eps_function, initial_noise, sample_shape
 from sdm.core.errors import SdmError
+from sdm.core.images import save_grid_rows, to_uint8
+from sdm.core.settings import SamplingSettings
+from sdm.eval.energy import count_operations, energy_estimate
+from sdm.eval.sampling import Trajectory, run_sampler
+from sdm.pretrained.loading import SourceModel
 
+PEAK = 255.0
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; means use this cap
 
 
-@dataclass
-class PairedSettings:
-    num_samples: int
-    steps: int
-    seed: int
-    sampler: str = "ddim"
-    batch_size: int = 16
-    device: str | torch.device = "cpu"
+def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image PSNR in dB between two uint8 batches (first axis = image, peak 255).
+
+    Identical images give ``inf``: there is no noise to measure, and a finite cap would hide that.
+    """
+    if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
+        raise SdmError("psnr needs two numpy arrays")
+    if a.dtype != np.uint8 or b.dtype != np.uint8:
+        raise SdmError(f"psnr needs uint8 images, got {a.dtype} and {b.dtype}")
+    if a.shape != b.shape or a.ndim < 2:
+        raise SdmError(f"psnr needs two batches of the same shape, got {a.shape} and {b.shape}")
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    mse = np.mean(diff * diff, axis=tuple(range(1, a.ndim)))
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(PEAK * PEAK / mse)
 
 
-class SourceMismatchError(SdmError):
-    """A converted model was made from another source model than the ANN it is compared with."""
-
-
-def check_same_source(snn: SpikingUNet2DModel, source: SourceModel, label: str) -> None:
-    recorded = (snn.config.provenance or {}).get("source", {}).get("fingerprint")
-    actual = source.describe()["fingerprint"]
-    if recorded != actual:
-        raise SourceMismatchError(
-            f"{label} was converted from another model (fingerprint {recorded}) than the ANN given ({actual})"
-        )
-
-
-def sample_ann(source: SourceModel, settings: PairedSettings) -> tuple[torch.Tensor, Trajectory]:
-    config = source.unet.config
-    noise = initial_noise(settings.num_samples, (config.in_channels, config.sample_size, config.sample_size), settings.seed)
+def sample_ann(source: SourceModel, settings: SamplingSettings) -> tuple[torch.Tensor, Trajectory]:
+    """The ANN's samples from the seeded noises, and those noises (for the SNNs to start from)."""
+    noise = initial_noise(settings.num_samples, sample_shape(source.unet), settings.seed)
     run = run_sampler(as_eps_function(source.unet), noise, settings.sampler, source.scheduler_config, settings.steps,
                       settings.seed, settings.batch_size, settings.device, desc="ANN sampling")
     return noise, run
 
 
 def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, ann_run: Trajectory,
-                settings: PairedSettings, label: str) -> dict[str, Any]:
+                settings: SamplingSettings, label: str) -> dict[str, Any]:
     """Sample with the SNN from the ANN's noises and compute paired metrics, rates, energy, time."""
     snn.set_monitor(True)
     try:
@@ -91,4 +89,26 @@ def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tenso
             "snn_over_ann": snn_eval / ann_eval,
         },
         "_images": snn_images,
+    }
+
+
+def fidelity_check(snn: SpikingUNet2DModel, source: SourceModel, settings: SamplingSettings,
+                   grid: Path) -> dict[str, Any]:
+    """The quick paired check `sdm-convert` runs: PSNR, eps error, spike rate, time, and a grid to look at."""
+    noise, ann_run = sample_ann(source, settings)
+    run = measure_snn(snn, source, noise, ann_run, settings, f"T={snn.timesteps}")
+    save_grid_rows([to_uint8(ann_run.samples), run["_images"]], grid, labels=["ANN", f"SNN T={snn.timesteps}"])
+    return {
+        "num_samples": settings.num_samples,
+        "sampler": settings.sampler,
+        "steps": settings.steps,
+        "psnr_db": run["paired"]["psnr_db"],
+        "eps_rel_l2": run["paired"]["eps_rel_l2"],
+        "eps_cosine": run["paired"]["eps_cosine"],
+        "spike_rate": run["spike_rate"]["mean"],
+        "energy_snn_over_ann": run["energy"]["snn_over_ann"],
+        "seconds_per_unet_eval": {
+            "ann": run["time"]["ann_seconds_per_unet_eval"],
+            "snn": run["time"]["snn_seconds_per_unet_eval"],
+        },
     }

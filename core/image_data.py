@@ -1,4 +1,4 @@
-"""Read reference images from a folder or a zip archive as uint8 NHWC batches.
+"""Image datasets from a folder or a zip archive, as uint8 NHWC batches (training, calibration, FID).
 
 Datasets here ship as zips of JPEGs (``cifar10/train/<class>/NNNN.jpg``); reading them in place
 avoids unpacking 60,000 files, and a sorted, seeded selection keeps every run on the same images.

@@ -1,45 +1,16 @@
-"""PSNR arithmetic, sample quantisation, and the grid / npz writers."""
-
-import math
+"""Sample quantisation to uint8, and the grid / npz writers."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from sdm.eval.images import psnr, save_grid_rows, save_npz_images, to_uint8
 from sdm.core.errors import SdmError
+from sdm.core.images import save_grid_rows, save_npz_images, to_uint8
 
 
 def _images(n: int = 3, size: int = 8, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(20, 230, (n, size, size, 3), dtype=np.uint8)
-
-
-def test_psnr_identical_images_is_infinite() -> None:
-    a = _images()
-    assert np.all(np.isinf(psnr(a, a.copy())))
-
-
-@pytest.mark.parametrize("d", [1, 5, 17])
-def test_psnr_constant_offset(d: int) -> None:
-    a = _images()
-    b = a + np.uint8(d)  # values stay below 255, so the offset is exact
-    np.testing.assert_allclose(psnr(a, b), 20 * math.log10(255 / d), rtol=1e-12)
-
-
-def test_psnr_is_per_image() -> None:
-    a = _images(2)
-    b = a.copy()
-    b[1] += 3
-    out = psnr(a, b)
-    assert out.shape == (2,) and np.isinf(out[0]) and out[1] == pytest.approx(20 * math.log10(85))
-
-
-def test_psnr_refuses_mismatched_inputs() -> None:
-    with pytest.raises(SdmError):
-        psnr(_images(2), _images(3))
-    with pytest.raises(SdmError):
-        psnr(_images().astype(np.float32), _images().astype(np.float32))
 
 
 def test_to_uint8_maps_range_and_layout() -> None:

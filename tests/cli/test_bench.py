@@ -2,7 +2,7 @@
 
 import json
 
-from sdm.eval.bench import main as bench_main
+from sdm.cli.bench import main as bench_main
 from tests.conftest import make_tiny_unet
 
 
@@ -28,4 +28,11 @@ def test_refuses_empty_timesteps_without_writing(tmp_path, capsys):
     code = bench_main(["--ann", str(tmp_path / "ann"), "--timesteps", ",", "--out", str(tmp_path / "bench")])
     assert code != 0
     assert "timesteps" in capsys.readouterr().err
+    assert not (tmp_path / "bench").exists()
+
+
+def test_refuses_a_batch_list_that_is_not_numbers_in_one_line(tmp_path, capsys):
+    code = bench_main(["--timesteps", "1", "--batch-sizes", "abc", "--out", str(tmp_path / "bench")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "bench.py: error: --batch-sizes must be comma-separated integers, got 'abc'"
     assert not (tmp_path / "bench").exists()

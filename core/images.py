@@ -1,7 +1,8 @@
-"""Small image utilities shared by the evaluation tools: PSNR, sample conversion, grids, npz.
+"""Image I/O every stage shares: model samples to uint8, side-by-side grids, npz sample files.
 
-Everything works on uint8 NHWC arrays, the one format every consumer (PIL, the FID network,
-``.npz`` sample files) understands, so conversions happen once at the edge.
+Training (sample grids), conversion (the fidelity grid) and evaluation use it alike. Everything
+works on uint8 NHWC arrays, the one format every consumer (PIL, the FID network, ``.npz`` sample
+files) understands, so conversions happen once at the edge.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from sdm.core.errors import SdmError
 
-PEAK = 255.0
-
 
 def check_uint8_nhwc(images: np.ndarray, what: str) -> None:
     """Refuse anything but a uint8 N×H×W×3 array, with a message naming ``what``."""
@@ -25,23 +24,6 @@ def check_uint8_nhwc(images: np.ndarray, what: str) -> None:
                        f"{getattr(images, 'dtype', '')}".rstrip())
     if images.ndim != 4 or images.shape[-1] != 3:
         raise SdmError(f"{what} must have shape N×H×W×3, got {images.shape}")
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-image PSNR in dB between two uint8 batches (first axis = image, peak 255).
-
-    Identical images give ``inf``: there is no noise to measure, and a finite cap would hide that.
-    """
-    if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
-        raise SdmError("psnr needs two numpy arrays")
-    if a.dtype != np.uint8 or b.dtype != np.uint8:
-        raise SdmError(f"psnr needs uint8 images, got {a.dtype} and {b.dtype}")
-    if a.shape != b.shape or a.ndim < 2:
-        raise SdmError(f"psnr needs two batches of the same shape, got {a.shape} and {b.shape}")
-    diff = a.astype(np.float64) - b.astype(np.float64)
-    mse = np.mean(diff * diff, axis=tuple(range(1, a.ndim)))
-    with np.errstate(divide="ignore"):
-        return 10.0 * np.log10(PEAK * PEAK / mse)
 
 
 def to_uint8(samples: torch.Tensor | np.ndarray) -> np.ndarray:

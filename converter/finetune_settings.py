@@ -1,0 +1,81 @@
+"""What one `sdm-finetune` run does: the settings dataclass, validated when built (before any
+model loads), and the recipe a resumed run must repeat. Importable without torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdm.core.errors import SdmError
+from sdm.core.settings import at_least, in_unit_interval, positive, probe_writable, require
+
+TRAINABLE = ("p", "thresholds", "all")
+POOLS = ("record", "trajectories", "both")
+# Options whose change would change the result: a resumed run must use the checkpoint's values.
+RECIPE_KEYS = ("train", "lr", "batch_size", "seed", "distill_weight", "data_weight", "data", "data_limit",
+               "bf16", "ema", "grad_clip", "pool", "trajectories", "trajectory_steps", "eval_size")
+
+
+class FinetuneError(SdmError):
+    """Bad options, an unusable folder or dataset, or a checkpoint that belongs to another run."""
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Options of one fine-tuning run (README "TSM fine-tuning" says what each one does)."""
+
+    snn: Path
+    out: Path
+    ann: str | None = None
+    steps: int = 500
+    batch_size: int = 8
+    lr: float = 1e-3
+    train: str = "p"
+    distill_weight: float = 1.0
+    data_weight: float = 0.0
+    data: Path | None = None
+    data_limit: int = 5000
+    pool: str = "record"
+    trajectories: int = 8
+    trajectory_steps: int = 10
+    eval_size: int = 16
+    bf16: bool = False
+    ema: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 100
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        e = FinetuneError
+        at_least("--steps", self.steps, 1, e)
+        at_least("--batch-size", self.batch_size, 1, e)
+        positive("--lr", self.lr, e)
+        require(self.train in TRAINABLE, f"--train must be one of {', '.join(TRAINABLE)}, got {self.train!r}", e)
+        require(self.pool in POOLS, f"--pool must be one of {', '.join(POOLS)}, got {self.pool!r}", e)
+        at_least("--distill-weight", self.distill_weight, 0, e)
+        at_least("--data-weight", self.data_weight, 0, e)
+        require(self.distill_weight > 0 or self.data_weight > 0,
+                "--distill-weight and --data-weight are both 0: nothing to train on", e)
+        require(self.data_weight == 0 or self.data is not None, "--data-weight > 0 needs --data (a zip or folder of images)", e)
+        require(self.data is None or self.data_weight > 0, "--data given but --data-weight is 0 (pass --data-weight > 0)", e)
+        at_least("--data-limit", self.data_limit, 1, e)
+        at_least("--trajectories", self.trajectories, 1, e)
+        at_least("--trajectory-steps", self.trajectory_steps, 1, e)
+        at_least("--eval-size", self.eval_size, 1, e)
+        in_unit_interval("--ema", self.ema, e)
+        at_least("--grad-clip", self.grad_clip, 0, e)
+        at_least("--checkpoint-every", self.checkpoint_every, 0, e)
+        require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other", e)
+        require(Path(self.out).resolve() != Path(self.snn).resolve(),
+                "--out must differ from --snn (the input model is never modified)", e)
+        probe_writable(self.out, e)
+
+    def recipe(self) -> dict[str, Any]:
+        """The options a checkpoint records and a resumed run must match."""
+        recipe = {key: getattr(self, key) for key in RECIPE_KEYS}
+        recipe["data"] = str(self.data) if self.data is not None else None
+        return recipe

@@ -1,0 +1,67 @@
+"""What every command's parser shares: the help format, option groups, and how a command runs.
+
+Importable without torch: a command module imports only this, argparse and the light settings
+modules at its top, and its library after parsing, so `--help` and option errors are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from sdm.core.errors import run_reporting_errors
+from sdm.core.settings import SAMPLERS, SamplingSettings
+from sdm.pretrained.zoo import DEFAULT_MODEL
+
+T = TypeVar("T")
+DEVICE_HELP = "cpu, cuda, cuda:N, or auto (CUDA when present, else cpu)"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default; descriptions keep their line breaks."""
+
+
+def make_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+
+
+def add_subcommand(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help=f"torch device: {DEVICE_HELP}")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, what: str = "output folder", required: bool = True) -> None:
+    parser.add_argument("--out", type=Path, required=required, default=None, help=what)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def add_ann_argument(parser: argparse.ArgumentParser, help: str = "source ANN: a path or an embedded model name") -> None:
+    parser.add_argument("--ann", default=DEFAULT_MODEL, help=help)
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, *, num_samples: int, steps: int, batch_size: int) -> None:
+    """The sampling options every evaluation command shares, with that command's defaults."""
+    parser.add_argument("--num-samples", type=int, default=num_samples, help="images per model")
+    parser.add_argument("--steps", type=int, default=steps, help="sampler steps")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="ddim (eta 0), ddpm, dpm (DPM-Solver++)")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="images per batch")
+    add_device_argument(parser)
+
+
+def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
+    return SamplingSettings(num_samples=args.num_samples, steps=args.steps, seed=args.seed, sampler=args.sampler,
+                            batch_size=args.batch_size, device=args.device)
+
+
+def run_command(prog: str, action: Callable[[], T], report: Callable[[T], None] | None = None) -> int:
+    """Run a command's settings + library call; a user error is one line `prog: error: ...`, exit 2."""
+    result, code = run_reporting_errors(prog, action)
+    if code == 0 and report is not None:
+        report(result)
+    return code
