@@ -20,7 +20,16 @@ DEVICE_HELP = "cpu, cuda, cuda:N, or auto (CUDA when present, else cpu)"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every option's help ends with its default; descriptions keep their line breaks."""
+    """Every option's help ends with its default; descriptions keep their line breaks.
+
+    Nothing is added where there is no value to show: required options, options whose absence
+    means "not given" (None), and flags that are off unless passed.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required or any(action.default is value for value in (None, False, argparse.SUPPRESS)):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def make_parser(prog: str, description: str | None) -> argparse.ArgumentParser:

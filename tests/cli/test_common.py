@@ -30,8 +30,9 @@ def test_every_option_has_help_and_shows_its_default(name):
             if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
                 continue
             assert action.help, f"{name} {action.option_strings}: no help text"
-            if action.default is not None and action.default is not argparse.SUPPRESS and action.option_strings:
-                assert "(default:" in parser._get_formatter()._format_action(action) or "default" in action.help, \
+            shown = parser._get_formatter()._format_action(action)
+            if not any(action.default is v for v in (None, False, argparse.SUPPRESS)) and not action.required:
+                assert f"(default:{action.default})".replace(" ", "") in "".join(shown.split()), \
                     f"{name} {action.option_strings}: default not shown"
         assert "%(default)" not in text
 
