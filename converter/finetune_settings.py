@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sdm.core.errors import SdmError
-from sdm.core.settings import at_least, in_unit_interval, positive, probe_writable, require
+from sdm.core.settings import TrainingSettings, at_least, require
 
 TRAINABLE = ("p", "thresholds", "all")
 POOLS = ("record", "trajectories", "both")
@@ -21,16 +21,12 @@ class FinetuneError(SdmError):
     """Bad options, an unusable folder or dataset, or a checkpoint that belongs to another run."""
 
 
-@dataclass(frozen=True)
-class FinetuneSettings:
+@dataclass(frozen=True, kw_only=True)
+class FinetuneSettings(TrainingSettings):
     """Options of one fine-tuning run (README "TSM fine-tuning" says what each one does)."""
 
     snn: Path
-    out: Path
     ann: str | None = None
-    steps: int = 500
-    batch_size: int = 8
-    lr: float = 1e-3
     train: str = "p"
     distill_weight: float = 1.0
     data_weight: float = 0.0
@@ -40,20 +36,9 @@ class FinetuneSettings:
     trajectories: int = 8
     trajectory_steps: int = 10
     eval_size: int = 16
-    bf16: bool = False
-    ema: float = 0.0
-    grad_clip: float = 1.0
-    seed: int = 0
-    checkpoint_every: int = 100
-    resume: bool = False
-    overwrite: bool = False
-    device: str = "cpu"
 
     def __post_init__(self) -> None:
         e = FinetuneError
-        at_least("--steps", self.steps, 1, e)
-        at_least("--batch-size", self.batch_size, 1, e)
-        positive("--lr", self.lr, e)
         require(self.train in TRAINABLE, f"--train must be one of {', '.join(TRAINABLE)}, got {self.train!r}", e)
         require(self.pool in POOLS, f"--pool must be one of {', '.join(POOLS)}, got {self.pool!r}", e)
         at_least("--distill-weight", self.distill_weight, 0, e)
@@ -66,13 +51,9 @@ class FinetuneSettings:
         at_least("--trajectories", self.trajectories, 1, e)
         at_least("--trajectory-steps", self.trajectory_steps, 1, e)
         at_least("--eval-size", self.eval_size, 1, e)
-        in_unit_interval("--ema", self.ema, e)
-        at_least("--grad-clip", self.grad_clip, 0, e)
-        at_least("--checkpoint-every", self.checkpoint_every, 0, e)
-        require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other", e)
         require(Path(self.out).resolve() != Path(self.snn).resolve(),
                 "--out must differ from --snn (the input model is never modified)", e)
-        probe_writable(self.out, e)
+        self.check_training(e)
 
     def recipe(self) -> dict[str, Any]:
         """The options a checkpoint records and a resumed run must match."""

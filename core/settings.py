@@ -83,3 +83,31 @@ class SamplingSettings:
         at_least("--steps", self.steps, 1)
         at_least("--batch-size", self.batch_size, 1)
         require(self.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingSettings:
+    """The options both trainers share (`sdm-train`, `sdm-finetune`), checked the same way."""
+
+    out: Path
+    steps: int
+    batch_size: int
+    lr: float
+    ema: float
+    checkpoint_every: int
+    grad_clip: float = 1.0
+    bf16: bool = False
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "cpu"
+
+    def check_training(self, error: type[SdmError]) -> None:
+        at_least("--steps", self.steps, 1, error)
+        at_least("--batch-size", self.batch_size, 1, error)
+        positive("--lr", self.lr, error)
+        in_unit_interval("--ema", self.ema, error)
+        at_least("--grad-clip", self.grad_clip, 0, error)
+        at_least("--checkpoint-every", self.checkpoint_every, 0, error)
+        require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other", error)
+        probe_writable(self.out, error)

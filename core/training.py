@@ -135,7 +135,7 @@ class ResumableTrainer:
     def optimise(self, loss: torch.Tensor, grad_clip: float) -> torch.Tensor:
         """Backward, clip (0: off) and step; a non-finite loss is refused by name. Returns the gradient norm."""
         if not torch.isfinite(loss):
-            raise self.error(f"loss became {float(loss)} at step {self.step + 1}; lower --lr or use --grad-clip")
+            raise self.error(f"loss became {float(loss.detach())} at step {self.step + 1}; lower --lr or use --grad-clip")
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in self.named], grad_clip if grad_clip > 0 else float("inf"))
         self.optimizer.step()

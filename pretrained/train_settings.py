@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sdm.core.errors import SdmError
-from sdm.core.settings import at_least, in_unit_interval, parse_list, positive, probe_writable, require
+from sdm.core.settings import TrainingSettings, at_least, in_unit_interval, parse_list, require
 
 ACTIVATIONS = ("silu", "relu")
 RESOLUTIONS = (32, 64)
@@ -22,12 +22,11 @@ class TrainError(SdmError):
     """Bad options, an unusable dataset, or a checkpoint that belongs to another model or run."""
 
 
-@dataclass(frozen=True)
-class TrainSettings:
+@dataclass(frozen=True, kw_only=True)
+class TrainSettings(TrainingSettings):
     """Options of one training run (README "Source models" says what each one does)."""
 
     data: Path
-    out: Path
     split: str | None = None
     data_limit: int | None = None
     resize: str = "crop"
@@ -39,31 +38,14 @@ class TrainSettings:
     activation: str | None = None
     init: str | None = None
     dropout: float = 0.1
-    steps: int = 1000
-    batch_size: int = 128
-    lr: float = 2e-4
     warmup: int = 500
-    ema: float = 0.9995
-    grad_clip: float = 1.0
-    bf16: bool = False
     flip: bool = True
-    seed: int = 0
-    checkpoint_every: int = 500
     sample_count: int = 16
     sample_steps: int = 50
-    resume: bool = False
-    overwrite: bool = False
-    device: str = "cpu"
 
     def __post_init__(self) -> None:
         e = TrainError
-        at_least("--steps", self.steps, 1, e)
-        at_least("--batch-size", self.batch_size, 1, e)
-        positive("--lr", self.lr, e)
         at_least("--warmup", self.warmup, 0, e)
-        in_unit_interval("--ema", self.ema, e)
-        at_least("--grad-clip", self.grad_clip, 0, e)
-        at_least("--checkpoint-every", self.checkpoint_every, 0, e)
         if self.data_limit is not None:
             at_least("--data-limit", self.data_limit, 1, e)
         in_unit_interval("--dropout", self.dropout, e)
@@ -74,7 +56,7 @@ class TrainSettings:
         require(self.activation in (None, *ACTIVATIONS), f"--activation must be one of {', '.join(ACTIVATIONS)}", e)
         self.channel_multipliers()
         self.attention_sizes()
-        probe_writable(self.out, e)
+        self.check_training(e)
 
     def channel_multipliers(self) -> list[int]:
         return parse_list(self.channel_mult, "--channel-mult", int, TrainError)

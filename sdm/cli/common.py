@@ -63,6 +63,25 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, num_samples: int,
     add_device_argument(parser)
 
 
+def add_training_arguments(parser: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float, ema: float,
+                           checkpoint_every: int, checkpoint: str, seed_help: str) -> None:
+    """The options both trainers share (core.settings.TrainingSettings), with each trainer's defaults."""
+    parser.add_argument("--steps", type=int, default=steps, help="total optimiser steps")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="inputs per step")
+    parser.add_argument("--lr", type=float, default=lr, help="learning rate (after any warm-up)")
+    parser.add_argument("--ema", type=float, default=ema,
+                        help="EMA decay of the trained values, 0 = off (the saved model uses the EMA values)")
+    parser.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0 = off)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for forward and backward (CUDA)")
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser.add_argument("--checkpoint-every", type=int, default=checkpoint_every,
+                        help=f"write OUT/{checkpoint} every N steps (0: only at the end)")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"continue from OUT/{checkpoint} (same options, possibly more --steps)")
+    parser.add_argument("--overwrite", action="store_true", help="start over in a non-empty output folder")
+    add_device_argument(parser)
+
+
 def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
     return SamplingSettings(num_samples=args.num_samples, steps=args.steps, seed=args.seed, sampler=args.sampler,
                             batch_size=args.batch_size, device=args.device)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sdm.calibration.settings import CalibrationSettings
-from sdm.cli.common import add_device_argument, make_parser, run_command
+from sdm.cli.calibrate import SourceCalibration, add_source_arguments
+from sdm.cli.common import add_output_arguments, make_parser, run_command
 from sdm.converter.allocator import retain_freed_memory
 from sdm.converter.policy import (
     ATTENTION_MODES,
@@ -21,46 +21,18 @@ from sdm.converter.policy import (
     ConversionPolicy,
 )
 from sdm.core.settings import SAMPLERS, SamplingSettings, at_least, probe_writable
-from sdm.pretrained.zoo import DEFAULT_MODEL
 
 PROG = "sdm-convert"
 
 
-def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
-    """The calibration options `sdm-convert` and `sdm-calibrate` share."""
-    calib = parser.add_argument_group("calibration")
-    calib.add_argument("--calib-samples", type=int, default=8, help="DDIM trajectories of the ANN (or images with --calib-data)")
-    calib.add_argument("--calib-steps", type=int, default=10, help="DDIM steps per trajectory (timesteps per image with --calib-data)")
-    calib.add_argument("--calib-batch-size", type=int, default=8, help="batch size of calibration")
-    calib.add_argument("--calib-data", type=Path, default=None,
-                       help="calibrate on real images (folder or zip) noised by q(x_t | x_0) instead of data-free "
-                            "DDIM trajectories; --calib-samples images at --calib-steps timesteps each")
-    calib.add_argument("--calib-split", default=None, help="only images under this path component (e.g. train)")
-
-
-def calibration_settings(args: argparse.Namespace) -> CalibrationSettings:
-    return CalibrationSettings(num_samples=args.calib_samples, steps=args.calib_steps, seed=args.seed,
-                               batch_size=args.calib_batch_size)
-
-
-def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", default=DEFAULT_MODEL,
-                        help="source model: an embedded model name, a diffusers folder, a .safetensors file with a "
-                             "JSON config beside it, or an own-layout DDPM ckpt.pt")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(PROG, "Convert a pretrained diffusion UNet into a spiking UNet and measure it against the source.")
-    add_checkpoint_argument(parser)
     parser.add_argument("--timesteps", "-T", type=int, default=4, help="SNN time steps per UNet evaluation")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/<model>-T<T>)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    add_device_argument(parser)
-    parser.add_argument("--seed", type=int, default=0, help="seed of calibration and evaluation noise")
+    add_output_arguments(parser, "output folder (default runs/<model>-T<T>)", required=False)
     parser.add_argument("--record", type=Path, default=None,
                         help="reuse the calibration record in this folder (from sdm-calibrate or sdm-convert) "
                              "instead of running the ANN again")
-    add_calibration_arguments(parser)
+    add_source_arguments(parser)
 
     thresholds = parser.add_argument_group("thresholds")
     thresholds.add_argument("--threshold-method", choices=THRESHOLD_METHODS, default="mse",
@@ -120,15 +92,11 @@ def policy_from_args(args: argparse.Namespace) -> ConversionPolicy:
 class ConvertSettings:
     """Everything one conversion needs, checked before any model loads."""
 
-    checkpoint: str
-    out: Path
-    overwrite: bool
-    device: str
+    source: SourceCalibration  # the model, and how to calibrate it unless `record` is given
     policy: ConversionPolicy
-    calibration: CalibrationSettings
+    out: Path
+    overwrite: bool = False
     record: Path | None = None
-    calib_data: Path | None = None
-    calib_split: str | None = None
     fidelity: SamplingSettings | None = None  # None: no fidelity check
 
     def __post_init__(self) -> None:
@@ -137,7 +105,7 @@ class ConvertSettings:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ConvertSettings":
         policy = policy_from_args(args)
-        calibration = calibration_settings(args)
+        source = SourceCalibration.from_args(args)
         at_least("--eval-samples", args.eval_samples, 0)
         at_least("--eval-steps", args.eval_steps, 1)
         fidelity = None
@@ -145,38 +113,31 @@ class ConvertSettings:
             fidelity = SamplingSettings(num_samples=args.eval_samples, steps=args.eval_steps, seed=args.seed,
                                         sampler=args.sampler, batch_size=args.eval_samples, device=args.device)
         out = args.out or Path("runs") / f"{Path(str(args.checkpoint)).name}-T{policy.timesteps}"
-        return cls(checkpoint=args.checkpoint, out=out, overwrite=args.overwrite, device=args.device, policy=policy,
-                   calibration=calibration, record=args.record, calib_data=args.calib_data,
-                   calib_split=args.calib_split, fidelity=fidelity)
+        if args.record is not None:  # nothing to calibrate: no images to read
+            source = replace(source, calib_data=None)
+        return cls(source=source, policy=policy, out=out, overwrite=args.overwrite, record=args.record,
+                   fidelity=fidelity)
 
 
 def run(settings: ConvertSettings) -> dict:
     """Compose the stages: conversion (converter), the record (calibration), the check (eval)."""
     # Heavy imports after parsing and validation: --help and option errors never wait for torch.
-    from dataclasses import replace
-
-    from sdm.calibration.collect import calibrate, calibration_images
+    from sdm.calibration.collect import calibrate
     from sdm.calibration.record import CalibrationRecord
     from sdm.converter.convert import convert_calibrating
     from sdm.converter.export import atomic_folder, ensure_free_target, save_converted
     from sdm.converter.operations import operations_report
-    from sdm.core.devices import resolve_device
     from sdm.eval.paired import fidelity_check
-    from sdm.pretrained.loading import load_source_model
 
-    device = resolve_device(settings.device)
     ensure_free_target(settings.out, settings.overwrite)
-    source = load_source_model(settings.checkpoint)
-    images = None
-    if settings.calib_data is not None and settings.record is None:
-        images = calibration_images(settings.calib_data, settings.calib_split, settings.calibration.num_samples,
-                                    source.unet.config.sample_size)
+    device, source, images = settings.source.load()
 
     def obtain_record(model) -> CalibrationRecord:  # runs once the SNN is built (the model is convertible)
         print(f"source: {model.origin} ({model.format}, weights: {model.weights})", file=sys.stderr)
         if settings.record is not None:
             return CalibrationRecord.load(settings.record)
-        return calibrate(model.unet, model.scheduler_config, settings.calibration, model.fingerprint, device, images)
+        return calibrate(model.unet, model.scheduler_config, settings.source.calibration, model.fingerprint, device,
+                         images)
 
     conversion = convert_calibrating(source, settings.policy, obtain_record, device)
     summary = {"source": source.describe(), "policy": conversion.snn.policy.to_dict(), "time_seconds": conversion.seconds}

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sdm.cli.common import add_device_argument, make_parser, run_command
+from sdm.cli.common import add_training_arguments, make_parser, run_command
 from sdm.converter.allocator import retain_freed_memory
 from sdm.converter.finetune_settings import POOLS, TRAINABLE, FinetuneSettings
 from sdm.pretrained.zoo import DEFAULT_MODEL
@@ -27,9 +27,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ann", default=None,
                         help="source ANN (path or embedded name; default: the source recorded in the SNN's "
                              f"provenance if it exists here, else {DEFAULT_MODEL})")
-    parser.add_argument("--steps", type=int, default=500, help="total optimiser steps")
-    parser.add_argument("--batch-size", type=int, default=8, help="inputs per step")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     parser.add_argument("--train", choices=TRAINABLE, default="p",
                         help="p: TSM factors only; thresholds: p + neuron thresholds; "
                              "all: p, thresholds, bias currents and all weights")
@@ -43,27 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trajectories", type=int, default=8, help="fresh DDIM trajectories for --pool trajectories|both")
     parser.add_argument("--trajectory-steps", type=int, default=10, help="DDIM steps per fresh trajectory")
     parser.add_argument("--eval-size", type=int, default=16, help="fixed inputs on which losses before/after are measured")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the SNN forward/backward")
-    parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the trainable values, 0 = off (e.g. 0.999); "
-                                                              "the saved model uses the EMA values")
-    parser.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0 = off)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of batch sampling and data noise")
-    parser.add_argument("--checkpoint-every", type=int, default=100, help="write OUT/checkpoint.pt every N steps (0: only at the end)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (same options, possibly more --steps)")
-    parser.add_argument("--overwrite", action="store_true", help="start over in a non-empty output folder")
-    add_device_argument(parser)
+    add_training_arguments(parser, steps=500, batch_size=8, lr=1e-3, ema=0.0, checkpoint_every=100,
+                           checkpoint="checkpoint.pt", seed_help="seed of batch sampling and data noise")
     return parser
-
-
-def run(settings: FinetuneSettings) -> dict:
-    from sdm.converter.finetune import finetune  # heavy: after parsing and validation (fast --help)
-
-    return finetune(settings)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     retain_freed_memory()
+    from sdm.converter.finetune import finetune  # heavy: after parsing (fast --help)
 
     def report(summary: dict) -> None:
         before, after = summary["loss_before"], summary["loss_after"]
@@ -72,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{after['loss']:.5g}" + (f", {per_step:.3f} s/step on {summary['device']}" if per_step else ""))
 
     try:
-        return run_command(PROG, lambda: run(FinetuneSettings(**vars(args))), report)
+        return run_command(PROG, lambda: finetune(FinetuneSettings(**vars(args))), report)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; continue from the last checkpoint with --resume (in {args.out})", file=sys.stderr)
         return 130

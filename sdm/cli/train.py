@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sdm.cli.common import add_device_argument, make_parser, run_command
+from sdm.cli.common import add_training_arguments, make_parser, run_command
 from sdm.pretrained.train_settings import ACTIVATIONS, RESIZE_POLICIES, RESOLUTIONS, TrainSettings
 
 PROG = "sdm-train"
@@ -38,38 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this source model (path or zoo name) instead of random weights: its architecture, "
                         "weights and noise schedule; with --activation relu this is the conversion-friendly 'prepare' step")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout of the ResNet blocks")
-    p.add_argument("--steps", type=int, default=1000, help="total optimiser steps")
-    p.add_argument("--batch-size", type=int, default=128, help="images per step")
-    p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (after warm-up)")
     p.add_argument("--warmup", type=int, default=500, help="linear learning-rate warm-up steps")
-    p.add_argument("--ema", type=float, default=0.9995, help="EMA decay (0 = off; the saved model uses the EMA weights)")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0 = off)")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA)")
     p.add_argument("--no-flip", dest="flip", action="store_false", help="no random horizontal flips")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and noise")
-    p.add_argument("--checkpoint-every", type=int, default=500, help="write the checkpoint every N steps (0: only at the end)")
     p.add_argument("--sample-count", type=int, default=16, help="images in samples.png (DDIM, seeded)")
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of samples.png")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/train_checkpoint.pt (same options)")
-    p.add_argument("--overwrite", action="store_true", help="start over in a non-empty output folder")
-    add_device_argument(p)
+    add_training_arguments(p, steps=1000, batch_size=128, lr=2e-4, ema=0.9995, checkpoint_every=500,
+                           checkpoint="train_checkpoint.pt", seed_help="seed of initialisation, batches and noise")
     return p
-
-
-def run(settings: TrainSettings) -> dict:
-    from sdm.pretrained.train import train  # heavy: after parsing and validation (fast --help)
-
-    return train(settings)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from sdm.pretrained.train import train  # heavy: after parsing (fast --help)
 
     def report(summary: dict) -> None:
         print(f"wrote {args.out}: {summary['steps']} steps, loss {summary['loss_before']:.4f} -> "
               f"{summary['loss_after']:.4f}, {summary['seconds_per_step']:.3f} s/step on {summary['device']}")
 
-    return run_command(PROG, lambda: run(TrainSettings(**vars(args))), report)
+    return run_command(PROG, lambda: train(TrainSettings(**vars(args))), report)
 
 
 if __name__ == "__main__":
