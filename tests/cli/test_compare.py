@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from sdm.cli.convert import main as convert_main
 from sdm.cli.compare import main as compare_main
+from sdm.cli.convert import main as convert_main
 from tests.conftest import make_tiny_unet
 
 FAST = ["--calib-samples", "2", "--calib-steps", "2", "--eval-samples", "0"]

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from sdm.pretrained.loading import load_source_model
 from sdm.cli.train import main as train_main
+from sdm.pretrained.loading import load_source_model
 
 TINY = ["--resolution", "32", "--channels", "32", "--channel-mult", "1,2", "--layers-per-block", "1",
         "--attention-resolutions", "16", "--batch-size", "4", "--warmup", "2", "--lr", "1e-3",

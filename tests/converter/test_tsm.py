@@ -8,7 +8,14 @@ import torch
 from sdm.converter.convert import convert
 from sdm.converter.export import atomic_folder, load_converted, save_converted
 from sdm.converter.policy import ConversionPolicy
-from sdm.converter.tsm import TsmError, enable_tsm, freeze, has_tsm, set_trainable, tsm_values
+from sdm.converter.tsm import (
+    TsmError,
+    enable_tsm,
+    freeze,
+    has_tsm,
+    set_trainable,
+    tsm_values,
+)
 
 
 def test_p_one_reproduces_the_plain_snn_exactly(tiny_source, tiny_record):

@@ -4,8 +4,16 @@ import pytest
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler
 
-from sdm.core.diffusion import (data_target, forward_noising, initial_noise, make_sampler, run_trajectory, sample_shape,
-                                to_model_range, training_example)
+from sdm.core.diffusion import (
+    data_target,
+    forward_noising,
+    initial_noise,
+    make_sampler,
+    run_trajectory,
+    sample_shape,
+    to_model_range,
+    training_example,
+)
 from sdm.core.errors import SdmError
 
 

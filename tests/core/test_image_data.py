@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdm.core.image_data import ImageSource
 from sdm.core.errors import SdmError
+from sdm.core.image_data import ImageSource
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
