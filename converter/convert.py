@@ -36,15 +36,22 @@ class Conversion:
 
 
 def build(source: SourceModel, policy: ConversionPolicy) -> SpikingUNet2DModel:
-    """The spiking copy of `source` (thresholds still unset); refuses an unconvertible module by name."""
+    """The spiking copy of `source` (thresholds still unset) on the source's device; refuses an
+    unconvertible module by name."""
     return SpikingUNet2DModel.from_ann(source.unet, policy, {"source": source.describe(),
                                                              "scheduler_config": source.scheduler_config})
 
 
 def finalize(snn: SpikingUNet2DModel, source: SourceModel, record: CalibrationRecord, policy: ConversionPolicy,
-             device: str | torch.device = "cpu") -> SpikingUNet2DModel:
-    """Thresholds chosen from `record` by `policy`, frozen norms, optional layer-wise matching, provenance."""
+             device: str | torch.device | None = None) -> SpikingUNet2DModel:
+    """Thresholds chosen from `record` by `policy`, frozen norms, optional layer-wise matching, provenance.
+
+    The result lives entirely on `device` (None: where the source's weights are), every buffer
+    the conversion adds included; layer-by-layer matching runs there too, with the ANN.
+    """
+    device = next(source.unet.parameters()).device if device is None else torch.device(device)
     record.check_source(source.fingerprint)
+    snn.to(device)
     provenance: dict[str, Any] = {
         **snn.config.provenance,
         "calibration": {k: v for k, v in record.meta.items() if k != "diffusion_timesteps"},
@@ -60,25 +67,25 @@ def finalize(snn: SpikingUNet2DModel, source: SourceModel, record: CalibrationRe
         snn.set_frozen_norm_stats({name: (s.group_mean, s.group_var) for name, s in record.sites.items()})
     if policy.layerwise:
         with inference_mode(source.unet):
-            match_layerwise(snn.to(device), source.unet.to(device), record, policy.matching_inputs,
-                            policy.bias_correction)
+            match_layerwise(snn, source.unet.to(device), record, policy.matching_inputs, policy.bias_correction)
     return snn
 
 
 def convert(source: SourceModel, record: CalibrationRecord, policy: ConversionPolicy,
-            device: str | torch.device = "cpu") -> SpikingUNet2DModel:
+            device: str | torch.device | None = None) -> SpikingUNet2DModel:
     """The spiking UNet of `source` with thresholds chosen from an existing `record` (sweeps, benchmarks)."""
     return finalize(build(source, policy), source, record, policy, device)
 
 
 def convert_calibrating(source: SourceModel, policy: ConversionPolicy,
                         obtain_record: Callable[[SourceModel], CalibrationRecord],
-                        device: str | torch.device = "cpu") -> Conversion:
+                        device: str | torch.device | None = None) -> Conversion:
     """The whole lifecycle; `obtain_record` runs the calibration or loads a saved record."""
     begin = time.perf_counter()
     snn = build(source, policy)
     built = time.perf_counter()
-    source.unet.to(device)
+    if device is not None:
+        source.unet.to(device)
     started = time.perf_counter()
     with inference_mode(source.unet):
         record = obtain_record(source)

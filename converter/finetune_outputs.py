@@ -11,7 +11,8 @@ import matplotlib
 import numpy as np
 
 from sdm.calibration.record import CalibrationRecord
-from sdm.converter.export import atomic_folder, save_converted
+from sdm.converter.export import save_converted
+from sdm.core.atomic import atomic_folder
 from sdm.converter.finetune_settings import FinetuneError
 from sdm.converter.model import SpikingUNet2DModel
 from sdm.converter.operations import operations_report

@@ -72,6 +72,8 @@ def _site(path: str, norm: nn.Module, activation: nn.Module, policy: ConversionP
         timesteps=policy.timesteps,
         signed=policy.negative_lobe == "signed",
         membrane_init=policy.membrane_init,
+        neuron=policy.neuron,
+        max_payload=policy.max_payload,
     )
 
 
@@ -82,7 +84,8 @@ def _encode_input(conv_in: nn.Conv2d, policy: ConversionPolicy) -> nn.Sequential
     """Drive conv_in with signed spikes encoding the image instead of the analog image itself."""
     encoder = SpikingActivation(site=INPUT_SITE, norm=nn.Identity(), activation=nn.Identity(),
                                 channels=conv_in.in_channels, timesteps=policy.timesteps, signed=True,
-                                membrane_init=policy.membrane_init)
+                                membrane_init=policy.membrane_init, neuron=policy.neuron,
+                                max_payload=policy.max_payload)
     return nn.Sequential(encoder, conv_in)
 
 

@@ -2,21 +2,21 @@
 
 A command's settings are validated when they are built (`__post_init__`), before any model
 loads, so a bad option costs nothing: ranges, comma lists, and an output folder proven
-writable by creating and removing a probe beside it. Every failure is one `SdmError` line.
+writable (core.atomic.probe_writable). Every failure is one `SdmError` line.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdm.core.atomic import probe_writable
 from sdm.core.errors import SdmError
 
 SAMPLERS = ("ddim", "ddpm", "dpm")
+DEVICE_HELP = "cpu, cuda, cuda:N, or auto (CUDA when present, else cpu)"
 
 
 def require(condition: bool, message: str, error: type[SdmError] = SdmError) -> None:
@@ -47,26 +47,6 @@ def parse_list(text: str, flag: str, kind: type = int, error: type[SdmError] = S
         raise error(f"{flag} must be comma-separated {word}, got {text!r}") from None
 
 
-def probe_writable(out: Path, error: type[SdmError] = SdmError) -> None:
-    """Prove that `out` can be created: make and remove a probe in its nearest existing parent.
-
-    Nothing is left behind; a read-only file system, a missing permission or a parent that is a
-    file is refused now instead of after the work.
-    """
-    out = Path(out)
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise error(f"cannot write {out}: {parent} is not a folder")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=f".{out.name}.probe.", dir=parent)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as exc:
-        raise error(f"cannot write {out}: {exc.strerror or exc}") from None
-
-
 @dataclass(frozen=True)
 class SamplingSettings:
     """How a comparison samples: the same noises, sampler and steps for every model."""
@@ -77,6 +57,7 @@ class SamplingSettings:
     sampler: str = "ddim"
     batch_size: int = 16
     device: Any = "cpu"  # a device name, or the torch.device it resolved to
+    tf32: bool = False  # see core.devices.set_tf32: off keeps ANN and SNN on the same float32 arithmetic
 
     def __post_init__(self) -> None:
         at_least("--num-samples", self.num_samples, 1)

@@ -29,12 +29,12 @@ from sdm.calibration.settings import CalibrationSettings
 from sdm.converter import site_kernel
 from sdm.converter.allocator import retain_freed_memory
 from sdm.converter.convert import convert
-from sdm.converter.export import atomic_folder, ensure_free_target
 from sdm.converter.model import SpikingUNet2DModel
 from sdm.converter.policy import ConversionPolicy
 from sdm.pretrained.loading import load_source_model
-from sdm.core.devices import resolve_device
-from sdm.core.settings import at_least, probe_writable, require
+from sdm.core.devices import resolve_device, synchronize, tf32_enabled
+from sdm.core.atomic import atomic_folder, ensure_free_target
+from sdm.core.settings import at_least, require
 
 ALLOCATORS = ("retain", "default")
 
@@ -142,7 +142,7 @@ class BenchSettings:
                 and self.repeats >= 1, "timesteps, batch sizes and repeats must be non-empty and >= 1")
         at_least("--threads", self.threads, 0)
         require(self.allocator in ALLOCATORS, f"--allocator must be one of {', '.join(ALLOCATORS)}")
-        probe_writable(self.out)
+        ensure_free_target(self.out, self.overwrite)
 
 
 def bench(settings: BenchSettings) -> dict:
@@ -153,13 +153,14 @@ def bench(settings: BenchSettings) -> dict:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     source = load_source_model(settings.ann)
-    fingerprint = source.describe()["fingerprint"]
-    start = time.perf_counter()
-    record = calibrate_data_free(source.unet, source.scheduler_config, CalibrationSettings(), fingerprint)
-    calibrated = time.perf_counter()
-    snns = {t: convert(source, record, ConversionPolicy(timesteps=t)).to(device) for t in timesteps}
-    converted = time.perf_counter()
     ann = source.unet.to(device)
+    start = time.perf_counter()
+    record = calibrate_data_free(ann, source.scheduler_config, CalibrationSettings(), source.fingerprint, device)
+    synchronize(device)
+    calibrated = time.perf_counter()
+    snns = {t: convert(source, record, ConversionPolicy(timesteps=t), device) for t in timesteps}
+    synchronize(device)
+    converted = time.perf_counter()
     variants = [Variant("ann", ann, 0, True)]
     for t in timesteps:
         variants.append(Variant(f"snn-T{t}", snns[t], t, True))
@@ -195,7 +196,7 @@ def bench(settings: BenchSettings) -> dict:
                 "peak_mib": peak, "peak_over_ann": (peak / ann_peak) if peak and ann_peak else None,
             })
     result = {
-        "device": str(device), "threads": torch.get_num_threads(), "repeats": settings.repeats,
+        "device": str(device), "tf32": tf32_enabled(), "threads": torch.get_num_threads(), "repeats": settings.repeats,
         "site_kernel_available": site_kernel.available(), "allocator": "retain" if retained else "default",
         "calibration_seconds": calibrated - start,
         "conversion_seconds_per_T": (converted - calibrated) / len(timesteps),

@@ -13,9 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sdm.converter.export import atomic_folder, check_same_source, ensure_free_target, load_converted
+from sdm.converter.export import check_same_source, load_converted
+from sdm.core.atomic import atomic_folder, ensure_free_target
 from sdm.core.images import save_grid_rows, save_npz_images, to_uint8
 from sdm.core.settings import SamplingSettings
+from sdm.eval import distributed
 from sdm.eval.fid import FeatureStats, InceptionFeatures, fid_from_stats
 from sdm.eval.paired import measure_snn, sample_ann
 from sdm.eval.plots import plot_metric_curves, plot_spike_rates
@@ -23,18 +25,24 @@ from sdm.eval.report import FidContext, write_markdown
 from sdm.pretrained.loading import SourceModel, load_source_model
 
 
-def ann_fid(ann: str, reference_path: Path, sampling: SamplingSettings, out: Path, overwrite: bool) -> dict[str, Any]:
-    """Sample the ANN from seeded noise and compare its Inception statistics with the reference."""
+def ann_fid(ann: str, reference_path: Path, sampling: SamplingSettings, out: Path,
+            overwrite: bool) -> dict[str, Any] | None:
+    """Sample the ANN from seeded noise and compare its Inception statistics with the reference.
+
+    Under torchrun every rank samples its share; rank 0 alone measures and writes (others: None)."""
     ensure_free_target(out, overwrite)
     reference = FeatureStats.load(reference_path)
     source = load_source_model(ann)
     source.unet.to(sampling.device)
     _, run = sample_ann(source, sampling)
+    if not distributed.is_writer():
+        return None
     images = to_uint8(run.samples)
     stats = FeatureStats.from_features(InceptionFeatures(device=str(sampling.device))(images))
     report = {
         "ann": source.describe(), "fid": fid_from_stats(stats, reference), "num_samples": sampling.num_samples,
         "sampler": sampling.sampler, "steps": sampling.steps, "seed": sampling.seed, "device": str(sampling.device),
+        "tf32": sampling.tf32, "processes": distributed.world_size(),
         "reference": {"path": str(reference_path), "source": reference.source, "split": reference.split,
                       "count": reference.count},
         "seconds_in_unet": run.unet_seconds,
@@ -47,8 +55,10 @@ def ann_fid(ann: str, reference_path: Path, sampling: SamplingSettings, out: Pat
 
 
 def ann_vs_snn(ann: str, snn_folders: list[Path], sampling: SamplingSettings, out: Path, overwrite: bool,
-               reference_path: Path | None = None, fid: bool = False) -> dict[str, Any]:
-    """Sample the ANN and every SNN from the same noises; paired metrics, rates, energy, time, FID."""
+               reference_path: Path | None = None, fid: bool = False) -> dict[str, Any] | None:
+    """Sample the ANN and every SNN from the same noises; paired metrics, rates, energy, time, FID.
+
+    Under torchrun every rank samples its share; rank 0 alone measures and writes (others: None)."""
     ensure_free_target(out, overwrite)
     source = load_source_model(ann)
     source.unet.to(sampling.device)
@@ -61,6 +71,8 @@ def ann_vs_snn(ann: str, snn_folders: list[Path], sampling: SamplingSettings, ou
     noise, ann_run = sample_ann(source, sampling)
     ann_images = to_uint8(ann_run.samples)
     runs = [measure_snn(snn, source, noise, ann_run, sampling, label) for label, snn in snns.items()]
+    if not distributed.is_writer():
+        return None
     context = FidContext(ann_images, reference, str(sampling.device)) if fid or reference is not None else None
     for run in runs:
         run["fid"] = context.section(run["_images"]) if context else FidContext.not_computed(sampling.num_samples)
@@ -100,6 +112,8 @@ def _report(sampling: SamplingSettings, source: SourceModel, runs: list[dict]) -
         "steps": sampling.steps,
         "seed": sampling.seed,
         "device": str(sampling.device),
+        "tf32": sampling.tf32,
+        "processes": distributed.world_size(),
         **{k: first[k] for k in ("timesteps", "paired", "fid", "spike_rate", "energy", "time")},
         "runs": clean,
     }

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 from pytorch_fid.inception import FID_WEIGHTS_URL, fid_inception_v3
 from tqdm import tqdm
 
+from sdm.core.atomic import atomic_file
 from sdm.core.image_data import ImageSource
 from sdm.core.images import check_uint8_nhwc
 from sdm.core.devices import resolve_device
@@ -155,22 +155,15 @@ class FeatureStats:
         return accumulator.finish(**metadata)
 
     def save(self, path: str | Path) -> Path:
-        """Write a ``.npz`` atomically (temp file in the same folder, then ``os.replace``)."""
+        """Write a ``.npz`` atomically (sdm.core.atomic)."""
         out = Path(path)
         if out.is_dir():
             raise SdmError(f"stats output is a folder, not a file: {out}")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        temp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        try:
-            with open(temp, "wb") as handle:
-                np.savez(handle, mu=self.mu, sigma=self.sigma, count=np.int64(self.count),
-                         source=np.str_(self.source), split=np.str_(self.split or ""),
-                         resolution=np.int64(self.resolution or 0), created=np.str_(self.created),
-                         extractor=np.str_(self.extractor))
-            os.replace(temp, out)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+        with atomic_file(out, parents=True) as temp, open(temp, "wb") as handle:
+            np.savez(handle, mu=self.mu, sigma=self.sigma, count=np.int64(self.count),
+                     source=np.str_(self.source), split=np.str_(self.split or ""),
+                     resolution=np.int64(self.resolution or 0), created=np.str_(self.created),
+                     extractor=np.str_(self.extractor))
         return out
 
     @classmethod

@@ -17,6 +17,7 @@ from sdm.core.diffusion import as_eps_function, initial_noise, sample_shape
 from sdm.core.errors import SdmError
 from sdm.core.images import save_grid_rows, to_uint8
 from sdm.core.settings import SamplingSettings
+from sdm.eval import distributed
 from sdm.eval.energy import count_operations, energy_estimate
 from sdm.eval.sampling import Trajectory, run_sampler
 from sdm.pretrained.loading import SourceModel
@@ -42,12 +43,19 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return 10.0 * np.log10(PEAK * PEAK / mse)
 
 
+def _sample(unet, noise: torch.Tensor, source: SourceModel, settings: SamplingSettings, desc: str,
+            reference=None) -> Trajectory:
+    """run_sampler over this process's share of the batches, gathered from every process."""
+    part = run_sampler(unet, noise, settings.sampler, source.scheduler_config, settings.steps, settings.seed,
+                       settings.batch_size, settings.device, reference=reference, desc=desc,
+                       chunks=distributed.my_batches(len(noise), settings.batch_size), tf32=settings.tf32)
+    return distributed.gather_trajectory(part)
+
+
 def sample_ann(source: SourceModel, settings: SamplingSettings) -> tuple[torch.Tensor, Trajectory]:
     """The ANN's samples from the seeded noises, and those noises (for the SNNs to start from)."""
     noise = initial_noise(settings.num_samples, sample_shape(source.unet), settings.seed)
-    run = run_sampler(as_eps_function(source.unet), noise, settings.sampler, source.scheduler_config, settings.steps,
-                      settings.seed, settings.batch_size, settings.device, desc="ANN sampling")
-    return noise, run
+    return noise, _sample(as_eps_function(source.unet), noise, source, settings, "ANN sampling")
 
 
 def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, ann_run: Trajectory,
@@ -55,12 +63,12 @@ def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tenso
     """Sample with the SNN from the ANN's noises and compute paired metrics, rates, energy, time."""
     snn.set_monitor(True)
     try:
-        run = run_sampler(as_eps_function(snn), noise, settings.sampler, source.scheduler_config, settings.steps,
-                          settings.seed, settings.batch_size, settings.device,
-                          reference=as_eps_function(source.unet), desc=f"SNN sampling ({label})")
-        rates = {name: n.spike_count / max(n.neuron_steps, 1) for name, n in snn.neurons().items()}
-        total_spikes = sum(n.spike_count for n in snn.neurons().values())
-        total_steps = sum(n.neuron_steps for n in snn.neurons().values())
+        run = _sample(as_eps_function(snn), noise, source, settings, f"SNN sampling ({label})",
+                      reference=as_eps_function(source.unet))
+        counts = distributed.sum_counts({name: (n.spike_count, n.neuron_steps) for name, n in snn.neurons().items()})
+        rates = {name: spikes / max(steps, 1) for name, (spikes, steps) in counts.items()}
+        total_spikes = sum(spikes for spikes, _ in counts.values())
+        total_steps = sum(steps for _, steps in counts.values())
     finally:
         snn.set_monitor(False)
     ann_images, snn_images = to_uint8(ann_run.samples), to_uint8(run.samples)

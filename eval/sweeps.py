@@ -17,7 +17,7 @@ from typing import Any
 
 from sdm.calibration.record import CalibrationRecord
 from sdm.converter.convert import convert
-from sdm.converter.export import atomic_folder, ensure_free_target
+from sdm.core.atomic import atomic_folder, ensure_free_target
 from sdm.converter.policy import ConversionPolicy
 from sdm.core.errors import SdmError
 from sdm.core.settings import SamplingSettings

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from sdm.converter.export import atomic_folder
+from sdm.core.atomic import atomic_folder
 from sdm.core.images import save_grid_rows, to_uint8
 from sdm.core.training import save_checkpoint, write_loss_log
 from sdm.pretrained.own_layout import OwnLayoutError, save_own_layout_checkpoint

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sdm.calibration.settings import CalibrationSettings
 from sdm.cli.common import add_device_argument, add_output_arguments, make_parser, run_command
-from sdm.core.settings import probe_writable
+from sdm.core.atomic import ensure_free_target
 from sdm.pretrained.zoo import DEFAULT_MODEL
 
 PROG = "sdm-calibrate"
@@ -72,7 +72,7 @@ class CalibrateSettings:
     overwrite: bool
 
     def __post_init__(self) -> None:
-        probe_writable(self.out)
+        ensure_free_target(self.out, self.overwrite)  # and proven writable, before any model loads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,10 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(settings: CalibrateSettings) -> dict:
     from sdm.calibration.collect import calibrate  # heavy: after parsing and validation (fast --help)
-    from sdm.converter.export import atomic_folder, ensure_free_target
+    from sdm.core.atomic import atomic_folder
     from sdm.core.training import inference_mode
 
-    ensure_free_target(settings.out, settings.overwrite)
     device, source, images = settings.source.load()
     source.unet.to(device)
     with inference_mode(source.unet):

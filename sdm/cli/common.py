@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from sdm.core.errors import run_reporting_errors
-from sdm.core.settings import SAMPLERS, SamplingSettings
+from sdm.core.settings import DEVICE_HELP, SAMPLERS, SamplingSettings
 from sdm.pretrained.zoo import DEFAULT_MODEL
 
 T = TypeVar("T")
-DEVICE_HELP = "cpu, cuda, cuda:N, or auto (CUDA when present, else cpu)"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -61,6 +60,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, num_samples: int,
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="ddim (eta 0), ddpm, dpm (DPM-Solver++)")
     parser.add_argument("--batch-size", type=int, default=batch_size, help="images per batch")
     add_device_argument(parser)
+    parser.add_argument("--tf32", action="store_true",
+                        help="let CUDA round float32 convolutions and matmuls through TF32 (off: paired comparisons "
+                             "want the same float32 arithmetic in ANN and SNN; the report records it)")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float, ema: float,
@@ -84,12 +86,15 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, steps: int, batch
 
 def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
     return SamplingSettings(num_samples=args.num_samples, steps=args.steps, seed=args.seed, sampler=args.sampler,
-                            batch_size=args.batch_size, device=args.device)
+                            batch_size=args.batch_size, device=args.device, tf32=args.tf32)
 
 
-def run_command(prog: str, action: Callable[[], T], report: Callable[[T], None] | None = None) -> int:
-    """Run a command's settings + library call; a user error is one line `prog: error: ...`, exit 2."""
-    result, code = run_reporting_errors(prog, action)
-    if code == 0 and report is not None:
+def run_command(prog: str, action: Callable[[], T], report: Callable[[T], None] | None = None,
+                interrupted_hint: str = "") -> int:
+    """Run a command's settings + library call: a user error is one line `prog: error: ...`, exit 2;
+    SIGINT/SIGTERM end in one line with 130/143 (core.errors). `report` prints a result that is not None
+    (None: a torchrun rank other than 0, which writes nothing)."""
+    result, code = run_reporting_errors(prog, action, interrupted_hint)
+    if code == 0 and report is not None and result is not None:
         report(result)
     return code

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sdm.cli.common import (add_ann_argument, add_output_arguments, add_sampling_arguments, add_subcommand,
                             make_parser, run_command, sampling_settings)
 from sdm.converter.allocator import retain_freed_memory
-from sdm.core.settings import SamplingSettings, probe_writable
+from sdm.core.atomic import ensure_free_target
+from sdm.core.settings import SamplingSettings
 
 PROG = "compare.py"
 
@@ -50,7 +51,7 @@ class CompareSettings:
     snn: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
-        probe_writable(self.out)
+        ensure_free_target(self.out, self.overwrite)  # and proven writable, before any model loads
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "CompareSettings":
@@ -61,14 +62,17 @@ class CompareSettings:
 
 def run(settings: CompareSettings) -> dict:
     # Heavy imports after parsing and validation (fast --help).
-    from sdm.core.devices import resolve_device
+    from sdm.eval import distributed
     from sdm.eval.comparison import ann_fid, ann_vs_snn
 
-    sampling = replace(settings.sampling, device=resolve_device(settings.sampling.device))
-    if settings.command == "ann-fid":
-        return ann_fid(settings.ann, settings.fid_ref, sampling, settings.out, settings.overwrite)
-    return ann_vs_snn(settings.ann, list(settings.snn), sampling, settings.out, settings.overwrite,
-                      settings.fid_ref, settings.fid)
+    try:  # under torchrun: join the process group, every rank with the same settings
+        sampling = replace(settings.sampling, device=distributed.start(asdict(settings), settings.sampling.device))
+        if settings.command == "ann-fid":
+            return ann_fid(settings.ann, settings.fid_ref, sampling, settings.out, settings.overwrite)
+        return ann_vs_snn(settings.ann, list(settings.snn), sampling, settings.out, settings.overwrite,
+                          settings.fid_ref, settings.fid)
+    finally:
+        distributed.close()
 
 
 def print_fid(report: dict) -> None:

@@ -16,11 +16,13 @@ from sdm.converter.policy import (
     GRANULARITIES,
     INPUT_ENCODINGS,
     NEGATIVE_LOBES,
+    NEURONS,
     NORM_MODES,
     THRESHOLD_METHODS,
     ConversionPolicy,
 )
-from sdm.core.settings import SAMPLERS, SamplingSettings, at_least, probe_writable
+from sdm.core.atomic import ensure_free_target
+from sdm.core.settings import SAMPLERS, SamplingSettings, at_least
 
 PROG = "sdm-convert"
 
@@ -51,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                             help="threshold guidance: global factor on all thresholds at sampling time")
 
     neurons = parser.add_argument_group("neurons")
+    neurons.add_argument("--neuron", choices=NEURONS, default="exact",
+                         help="exact: graded-spike ON/OFF neurons whose count equals the quantised twin's; "
+                              "single-spike: at most one spike per step (earlier versions)")
+    neurons.add_argument("--max-payload", type=int, default=None,
+                         help="exact neurons: at most this many spikes per step and side (default T: exact)")
     neurons.add_argument("--negative-lobe", choices=NEGATIVE_LOBES, default="signed",
                          help="signed: +1/-1 spikes follow SiLU exactly; relu: plain IF, ReLU proxy")
     neurons.add_argument("--norm", choices=NORM_MODES, default="running",
@@ -73,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 def policy_from_args(args: argparse.Namespace) -> ConversionPolicy:
     return ConversionPolicy(
         timesteps=args.timesteps,
+        neuron=args.neuron,
+        max_payload=args.max_payload,
         negative_lobe=args.negative_lobe,
         norm=args.norm,
         attention=args.attention,
@@ -100,7 +109,7 @@ class ConvertSettings:
     fidelity: SamplingSettings | None = None  # None: no fidelity check
 
     def __post_init__(self) -> None:
-        probe_writable(self.out)
+        ensure_free_target(self.out, self.overwrite)  # and proven writable, before any model loads
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ConvertSettings":
@@ -125,11 +134,11 @@ def run(settings: ConvertSettings) -> dict:
     from sdm.calibration.collect import calibrate
     from sdm.calibration.record import CalibrationRecord
     from sdm.converter.convert import convert_calibrating
-    from sdm.converter.export import atomic_folder, ensure_free_target, save_converted
+    from sdm.converter.export import save_converted
+    from sdm.core.atomic import atomic_folder
     from sdm.converter.operations import operations_report
     from sdm.eval.paired import fidelity_check
 
-    ensure_free_target(settings.out, settings.overwrite)
     device, source, images = settings.source.load()
 
     def obtain_record(model) -> CalibrationRecord:  # runs once the SNN is built (the model is convertible)

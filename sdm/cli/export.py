@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdm.cli.common import add_subcommand, make_parser, run_command
-from sdm.core.settings import probe_writable
+from sdm.core.atomic import probe_writable
 
 PROG = "sdm-export"
 
@@ -40,9 +40,19 @@ class ExportSettings:
     report: Path | None = None
 
     def __post_init__(self) -> None:
-        for path in (self.out, self.ann_out, self.report):
+        for path in (self.out, self.ann_out_path, self.report_path):
             if path is not None:
-                probe_writable(path)
+                probe_writable(path)  # before minutes of export, not after
+
+    @property
+    def ann_out_path(self) -> Path | None:
+        if self.ann is None:
+            return None
+        return self.ann_out or self.out.with_name(self.out.stem + "-ann.onnx")
+
+    @property
+    def report_path(self) -> Path:
+        return self.report or self.out.with_suffix(".json")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ExportSettings":
@@ -52,22 +62,26 @@ class ExportSettings:
 
 def run(settings: ExportSettings) -> dict:
     # Heavy imports after parsing and validation (fast --help).
-    from sdm.converter.export import load_converted
+    from sdm.converter.export import check_same_source, load_converted
     from sdm.converter.nir_export import export_nir
     from sdm.converter.onnx_export import export_onnx
+    from sdm.core.atomic import write_text
     from sdm.pretrained.loading import load_source_model
 
     snn = load_converted(settings.snn)
     shape = (snn.config.in_channels, snn.config.sample_size, snn.config.sample_size)
     if settings.format == "nir":
         export_nir(snn, settings.out)
-    report = {"snn": export_onnx(snn, settings.out, shape), "snn_folder": str(settings.snn), "timesteps": snn.timesteps}
-    if settings.ann is not None:
-        ann_out = settings.ann_out or settings.out.with_name(settings.out.stem + "-ann.onnx")
-        report["ann"] = export_onnx(load_source_model(settings.ann).unet, ann_out, shape)
-    report_path = settings.report or settings.out.with_suffix(".json")
-    report_path.write_text(json.dumps(report, indent=2))
-    report["report"] = str(report_path)
+    source = None
+    if settings.ann is not None:  # checked against the SNN's source before any export work
+        source = load_source_model(settings.ann)
+        check_same_source(snn, source, str(settings.snn))
+    report = {"snn": export_onnx(snn, settings.out, shape), "snn_folder": str(settings.snn), "timesteps": snn.timesteps,
+              "source_fingerprint": (snn.config.provenance or {}).get("source", {}).get("fingerprint")}
+    if source is not None:
+        report["ann"] = {**export_onnx(source.unet, settings.ann_out_path, shape), "source": source.describe()}
+    write_text(settings.report_path, json.dumps(report, indent=2))
+    report["report"] = str(settings.report_path)
     return report
 
 

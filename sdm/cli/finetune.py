@@ -56,11 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {summary['out']}: {summary['steps']} steps ({args.train}), loss {before['loss']:.5g} -> "
               f"{after['loss']:.5g}" + (f", {per_step:.3f} s/step on {summary['device']}" if per_step else ""))
 
-    try:
-        return run_command(PROG, lambda: finetune(FinetuneSettings(**vars(args))), report)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; continue from the last checkpoint with --resume (in {args.out})", file=sys.stderr)
-        return 130
+    return run_command(PROG, lambda: finetune(FinetuneSettings(**vars(args))), report,
+                       f"continue from the last checkpoint with --resume (in {args.out})")
 
 
 if __name__ == "__main__":

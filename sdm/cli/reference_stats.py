@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdm.cli.common import add_device_argument, make_parser, run_command
-from sdm.core.settings import at_least, probe_writable
+from sdm.core.atomic import probe_writable
+from sdm.core.settings import at_least
 
 PROG = "python -m sdm.eval.reference_stats"
 

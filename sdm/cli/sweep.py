@@ -14,7 +14,8 @@ from sdm.cli.common import (add_ann_argument, add_output_arguments, add_sampling
 from sdm.converter.allocator import retain_freed_memory
 from sdm.converter.policy import THRESHOLD_METHODS
 from sdm.core.errors import SdmError
-from sdm.core.settings import SamplingSettings, parse_list, probe_writable
+from sdm.core.atomic import ensure_free_target
+from sdm.core.settings import SamplingSettings, parse_list
 
 PROG = "sweep.py"
 
@@ -48,7 +49,7 @@ class SweepSettings:
     overwrite: bool
 
     def __post_init__(self) -> None:
-        probe_writable(self.out)
+        ensure_free_target(self.out, self.overwrite)  # and proven writable, before any model loads
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "SweepSettings":

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out}: {summary['steps']} steps, loss {summary['loss_before']:.4f} -> "
               f"{summary['loss_after']:.4f}, {summary['seconds_per_step']:.3f} s/step on {summary['device']}")
 
-    return run_command(PROG, lambda: train(TrainSettings(**vars(args))), report)
+    return run_command(PROG, lambda: train(TrainSettings(**vars(args))), report,
+                       f"continue from the last checkpoint with --resume (in {args.out})")
 
 
 if __name__ == "__main__":

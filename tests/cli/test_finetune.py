@@ -14,9 +14,10 @@ from sdm.calibration.collect import calibrate_data_free
 from sdm.cli import finetune as finetune_cli
 from sdm.converter import finetune
 from sdm.converter.convert import convert
-from sdm.converter.export import atomic_folder, load_converted, save_converted
+from sdm.converter.export import load_converted, save_converted
 from sdm.converter.policy import ConversionPolicy
 from sdm.converter.tsm import has_tsm, tsm_values
+from sdm.core.atomic import atomic_folder
 from tests.conftest import TINY_CALIBRATION, make_tiny_source
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -124,7 +125,7 @@ def test_refuses_a_folder_that_is_not_a_converted_snn(folders, tmp_path, capsys)
     code = finetune_cli.main(["--snn", str(folders / "ann"), "--ann", str(folders / "ann"), "--out", str(tmp_path / "o")])
     refused(capsys, code, "not a converted model folder")
     code = finetune_cli.main(["--snn", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
-    refused(capsys, code, "not a converted model folder")
+    refused(capsys, code, "converted model folder not found")
     assert not (tmp_path / "o").exists()
 
 

@@ -1,12 +1,13 @@
 """Converted-model folders: a bit-identical round trip, and refusal of weights that do not match the config."""
 
-
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from sdm.converter.convert import convert
-from sdm.converter.export import atomic_folder, load_converted, save_converted
+from sdm.converter.export import ConvertedModelError, load_converted, save_converted
 from sdm.converter.policy import ConversionPolicy
+from sdm.core.atomic import atomic_folder
 
 
 def test_save_and_reload_is_bit_identical(tmp_path, tiny_source, tiny_record):
@@ -22,10 +23,6 @@ def test_save_and_reload_is_bit_identical(tmp_path, tiny_source, tiny_record):
 
 
 def test_loading_refuses_weights_that_do_not_match_the_model(tmp_path, tiny_source, tiny_record):
-    from safetensors.torch import load_file, save_file
-
-    from sdm.converter.export import ConvertedModelError
-
     snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=2))
     with atomic_folder(tmp_path / "snn") as staging:
         save_converted(snn, None, staging)

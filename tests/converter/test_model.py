@@ -7,10 +7,11 @@ from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
 
 from sdm.calibration.collect import calibrate_data_free
 from sdm.converter.convert import convert
-from sdm.converter.export import atomic_folder, load_converted, save_converted
+from sdm.converter.export import load_converted, save_converted
 from sdm.converter.model import SpikingUNet2DModel
 from sdm.converter.policy import ConversionPolicy
 from sdm.converter.tsm import enable_tsm
+from sdm.core.atomic import atomic_folder
 from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.own_layout import OwnLayoutConfig, save_own_layout_checkpoint
 from tests.conftest import TINY_CALIBRATION, ConvertedModelTester, make_tiny_source
@@ -137,3 +138,14 @@ def test_inputs_per_pass_must_be_positive(tiny_source, tiny_record):
     snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=2))
     with pytest.raises(ValueError, match="inputs per pass"):
         snn.set_inputs_per_pass(0)
+
+
+def test_pass_size_rule_per_device(tiny_source, tiny_record):
+    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=4))
+    assert snn._pass_size(torch.empty(10, 3, 32, 32)) == 3  # CPU: ceil(B / T) inputs, ~B rows
+    # elsewhere (CUDA; meta stands in): the whole batch up to GPU_PASS_ROWS rows of 32x32, else equal passes
+    assert snn._pass_size(torch.empty(1000, 3, 32, 32, device="meta")) == 1000
+    assert snn._pass_size(torch.empty(3000, 3, 32, 32, device="meta")) == 1000
+    assert snn._pass_size(torch.empty(1000, 3, 64, 64, device="meta")) == 250
+    snn.set_inputs_per_pass(7)
+    assert snn._pass_size(torch.empty(1000, 3, 32, 32, device="meta")) == 7

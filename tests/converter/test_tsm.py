@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sdm.converter.convert import convert
-from sdm.converter.export import atomic_folder, load_converted, save_converted
+from sdm.converter.export import load_converted, save_converted
 from sdm.converter.policy import ConversionPolicy
 from sdm.converter.tsm import (
     TsmError,
@@ -16,6 +16,7 @@ from sdm.converter.tsm import (
     set_trainable,
     tsm_values,
 )
+from sdm.core.atomic import atomic_folder
 
 
 def test_p_one_reproduces_the_plain_snn_exactly(tiny_source, tiny_record):

