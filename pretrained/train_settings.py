@@ -46,6 +46,8 @@ class TrainSettings(TrainingSettings):
     def __post_init__(self) -> None:
         e = TrainError
         at_least("--warmup", self.warmup, 0, e)
+        at_least("--channels", self.channels, 1, e)
+        at_least("--layers-per-block", self.layers_per_block, 1, e)
         if self.data_limit is not None:
             at_least("--data-limit", self.data_limit, 1, e)
         in_unit_interval("--dropout", self.dropout, e)

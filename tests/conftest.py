@@ -47,14 +47,20 @@ def make_tiny_source(**overrides) -> SourceModel:
                        origin="tiny", format="test")
 
 
-def refused_by(main, prog: str, capsys, argv: list[str], tmp_path: Path, expected: str) -> None:
-    """`main(argv + --out tmp/out)` refuses in one line `prog: error: ...` with exit 2 and writes nothing."""
-    out = tmp_path / "out"
-    assert main([*argv, "--out", str(out)]) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+def assert_refused(capsys, code: int, prog: str, expected: str) -> None:
+    """Exit code 2 and one line `prog: error: ...` naming `expected` on stderr (progress bars aside)."""
+    assert code == 2
+    err = [line for line in capsys.readouterr().err.splitlines()
+           if line.strip() and "it/s]" not in line and "s/it]" not in line and "%|" not in line]
     assert len(err) == 1 and err[0].startswith(f"{prog}: error:"), err
     assert expected in err[0], err[0]
-    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def refused_by(main, prog: str, capsys, argv: list[str], tmp_path: Path, expected: str, out_name: str = "out") -> None:
+    """`main(argv + --out tmp/<out_name>)` refuses in one line and writes nothing, staging included."""
+    out = tmp_path / out_name
+    assert_refused(capsys, main([*argv, "--out", str(out)]), prog, expected)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(f".{out_name}")]
 
 
 @pytest.fixture(scope="session", autouse=True)

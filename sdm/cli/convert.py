@@ -135,8 +135,8 @@ def run(settings: ConvertSettings) -> dict:
     from sdm.calibration.record import CalibrationRecord
     from sdm.converter.convert import convert_calibrating
     from sdm.converter.export import save_converted
-    from sdm.core.atomic import atomic_folder
     from sdm.converter.operations import operations_report
+    from sdm.core.atomic import atomic_folder
     from sdm.eval.paired import fidelity_check
 
     device, source, images = settings.source.load()

@@ -8,7 +8,7 @@ import pytest
 
 from sdm.cli.compare import main as compare_main
 from sdm.cli.convert import main as convert_main
-from tests.conftest import make_tiny_unet
+from tests.conftest import make_tiny_unet, refused_by
 
 FAST = ["--calib-samples", "2", "--calib-steps", "2", "--eval-samples", "0"]
 REPORT_KEYS = {"timesteps", "num_samples", "sampler", "steps", "seed", "paired", "fid", "spike_rate", "energy", "time"}
@@ -56,11 +56,7 @@ def test_same_seed_gives_same_report_numbers(converted, tmp_path):
 
 
 def refused(capsys, argv, tmp_path, expected):
-    out = tmp_path / "never"
-    assert compare_main([*argv, "--out", str(out)]) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert err[-1].startswith("compare.py: error:") and expected in err[-1], err
-    assert not out.exists()
+    refused_by(compare_main, "compare.py", capsys, argv, tmp_path, expected, out_name="never")
 
 
 def test_refuses_a_folder_that_is_not_a_converted_model(converted, tmp_path, capsys):

@@ -18,7 +18,7 @@ from sdm.converter.export import load_converted, save_converted
 from sdm.converter.policy import ConversionPolicy
 from sdm.converter.tsm import has_tsm, tsm_values
 from sdm.core.atomic import atomic_folder
-from tests.conftest import TINY_CALIBRATION, make_tiny_source
+from tests.conftest import TINY_CALIBRATION, assert_refused, make_tiny_source
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
@@ -44,10 +44,7 @@ def tune(folders, out, *extra):
 
 
 def refused(capsys, code, expected):
-    assert code == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "it/s]" not in line and "%|" not in line]
-    assert len(err) == 1 and err[0].startswith("sdm-finetune: error:"), err
-    assert expected in err[0], err[0]
+    assert_refused(capsys, code, "sdm-finetune", expected)
 
 
 def weights(folder):

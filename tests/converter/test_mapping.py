@@ -1,6 +1,5 @@
 """The module-tree walk: every policy option converts and runs."""
 
-
 import pytest
 import torch
 

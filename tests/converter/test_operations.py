@@ -1,6 +1,5 @@
 """operations.json: every layer classified; convolutions after sites (and conv_in with spike input) are spike-driven."""
 
-
 import torch
 
 from sdm.converter.convert import convert
