@@ -31,8 +31,9 @@ from sdm.converter.allocator import retain_freed_memory
 from sdm.converter.convert import convert
 from sdm.converter.model import SpikingUNet2DModel
 from sdm.converter.policy import ConversionPolicy
+from sdm.converter.simulation import SIMULATIONS, check_choice
 from sdm.pretrained.loading import load_source_model
-from sdm.core.devices import resolve_device, synchronize, tf32_enabled
+from sdm.core.devices import resolve_device, set_tf32, synchronize, tf32_enabled
 from sdm.core.atomic import atomic_folder, ensure_free_target
 from sdm.core.settings import at_least, require
 
@@ -72,13 +73,14 @@ def measure(model, x: torch.Tensor, device: torch.device) -> tuple[float, float 
     return time.perf_counter() - start, None
 
 
-def cpu_peak_mib(ann: str, timesteps: int, batch: int, threads: int, fused: bool = True) -> float | None:
+def cpu_peak_mib(ann: str, timesteps: int, batch: int, threads: int, fused: bool = True,
+                 simulation: str = "steps") -> float | None:
     """Peak resident memory of one UNet call above the memory held before it, in a fresh process.
 
     A fresh process has no freed-but-resident heap to reuse, so VmHWM (reset just before the
     call) shows what the call itself needed. timesteps 0 means the ANN.
     """
-    command = [sys.executable, "-m", "sdm.eval.benchmark", ann, str(timesteps), str(batch), str(threads)]
+    command = [sys.executable, "-m", "sdm.eval.benchmark", ann, str(timesteps), str(batch), str(threads), simulation]
     # A fixed mmap threshold: glibc then maps every tensor-sized block on its own and unmaps it
     # when freed, so resident memory follows live tensors instead of the heap's history.
     environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "SDM_FUSED_SITES": "1" if fused else "0"}
@@ -90,10 +92,12 @@ def cpu_peak_mib(ann: str, timesteps: int, batch: int, threads: int, fused: bool
 
 
 @torch.no_grad()
-def _memory_worker(ann: str, timesteps: int, batch: int, threads: int) -> None:
+def _memory_worker(ann: str, timesteps: int, batch: int, threads: int, simulation: str) -> None:
     torch.set_num_threads(max(threads, 1))
     source = load_source_model(ann)
     model = source.unet if timesteps == 0 else SpikingUNet2DModel.from_ann(source.unet, ConversionPolicy(timesteps=timesteps))
+    if timesteps:
+        model.set_simulation(simulation)
     x = torch.randn(batch, source.unet.config.in_channels, source.unet.config.sample_size, source.unet.config.sample_size)
     if not _reset_peak():
         return
@@ -103,14 +107,18 @@ def _memory_worker(ann: str, timesteps: int, batch: int, threads: int) -> None:
 
 
 class Variant(NamedTuple):
-    """One timed model: the ANN (timesteps 0) or an SNN, with or without the fused site kernel."""
+    """One timed model: the ANN (timesteps 0) or an SNN, with or without the fused site kernel,
+    simulating steps or its closed form."""
 
     name: str
     model: torch.nn.Module
     timesteps: int
     fused: bool
+    simulation: str = "steps"
 
     def measure(self, x: torch.Tensor, device: torch.device) -> tuple[float, float | None]:
+        if self.timesteps:
+            self.model.set_simulation(self.simulation)
         if self.fused:
             return measure(self.model, x, device)
         with site_kernel.disabled():
@@ -136,6 +144,8 @@ class BenchSettings:
     tensor_ops: bool
     out: Path
     overwrite: bool
+    simulation: str = "steps"
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         require(bool(self.timesteps) and bool(self.batch_sizes) and min(self.timesteps + self.batch_sizes) >= 1
@@ -148,7 +158,9 @@ class BenchSettings:
 def bench(settings: BenchSettings) -> dict:
     device = resolve_device(settings.device)
     timesteps, batches = list(settings.timesteps), list(settings.batch_sizes)
+    simulations = SIMULATIONS if check_choice(settings.simulation) == "both" else (settings.simulation,)
     ensure_free_target(settings.out, settings.overwrite)
+    set_tf32(settings.tf32)  # off unless asked: the arithmetic the paired comparisons time
     retained = settings.allocator == "retain" and retain_freed_memory()
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -163,9 +175,11 @@ def bench(settings: BenchSettings) -> dict:
     converted = time.perf_counter()
     variants = [Variant("ann", ann, 0, True)]
     for t in timesteps:
-        variants.append(Variant(f"snn-T{t}", snns[t], t, True))
-        if settings.tensor_ops:
-            variants.append(Variant(f"snn-T{t} tensor ops", snns[t], t, False))
+        for simulation in simulations:
+            suffix = "" if simulation == "steps" else f" {simulation}"
+            variants.append(Variant(f"snn-T{t}{suffix}", snns[t], t, True, simulation))
+            if settings.tensor_ops and simulation == "steps":
+                variants.append(Variant(f"snn-T{t} tensor ops", snns[t], t, False))
     rows = []
     for batch in batches:
         x = torch.randn(batch, ann.config.in_channels, ann.config.sample_size, ann.config.sample_size, device=device)
@@ -181,7 +195,8 @@ def bench(settings: BenchSettings) -> dict:
                     peaks[variant.name].append(peak)
         if device.type == "cpu":
             for variant in variants:
-                peak = cpu_peak_mib(settings.ann, variant.timesteps, batch, settings.threads, variant.fused)
+                peak = cpu_peak_mib(settings.ann, variant.timesteps, batch, settings.threads, variant.fused,
+                                    variant.simulation)
                 peaks[variant.name] = [] if peak is None else [peak]
         ann_median = statistics.median(times["ann"])
         ann_peak = max(peaks["ann"]) if peaks["ann"] else None
@@ -191,6 +206,7 @@ def bench(settings: BenchSettings) -> dict:
             peak = max(peaks[name]) if peaks[name] else None
             rows.append({
                 "model": name, "timesteps": variant.timesteps or None, "site_kernel": variant.fused and t > 0,
+                "simulation": variant.simulation if variant.timesteps else None,
                 "batch": batch, "seconds_per_eval": _summary(times[name]), "seconds_per_sample_eval": median / batch,
                 "over_ann": median / ann_median, "over_T_x_ann": median / (t * ann_median),
                 "peak_mib": peak, "peak_over_ann": (peak / ann_peak) if peak and ann_peak else None,
@@ -209,7 +225,8 @@ def bench(settings: BenchSettings) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# SNN vs ANN speed ({result['device']}, {result['threads']} threads, {result['repeats']} repeats)", "",
+    lines = [f"# SNN vs ANN speed ({result['device']}, TF32 {'on' if result['tf32'] else 'off'}, {result['threads']} threads, "
+             f"{result['repeats']} repeats)", "",
              f"Calibration (default size) {result['calibration_seconds']:.1f} s; conversion "
              f"{result['conversion_seconds_per_T']:.1f} s per T. Fused site kernel: "
              f"{'compiled and used' if result['site_kernel_available'] else 'not available (tensor ops)'}; "
@@ -227,4 +244,4 @@ def markdown(result: dict) -> str:
 
 
 if __name__ == "__main__":  # the fresh process of `cpu_peak_mib`, nothing else
-    _memory_worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    _memory_worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])

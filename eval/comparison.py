@@ -55,7 +55,8 @@ def ann_fid(ann: str, reference_path: Path, sampling: SamplingSettings, out: Pat
 
 
 def ann_vs_snn(ann: str, snn_folders: list[Path], sampling: SamplingSettings, out: Path, overwrite: bool,
-               reference_path: Path | None = None, fid: bool = False) -> dict[str, Any] | None:
+               reference_path: Path | None = None, fid: bool = False,
+               simulation: str = "steps") -> dict[str, Any] | None:
     """Sample the ANN and every SNN from the same noises; paired metrics, rates, energy, time, FID.
 
     Under torchrun every rank samples its share; rank 0 alone measures and writes (others: None)."""
@@ -70,7 +71,7 @@ def ann_vs_snn(ann: str, snn_folders: list[Path], sampling: SamplingSettings, ou
     reference = FeatureStats.load(reference_path) if reference_path is not None else None
     noise, ann_run = sample_ann(source, sampling)
     ann_images = to_uint8(ann_run.samples)
-    runs = [measure_snn(snn, source, noise, ann_run, sampling, label) for label, snn in snns.items()]
+    runs = [measure_snn(snn, source, noise, ann_run, sampling, label, simulation) for label, snn in snns.items()]
     if not distributed.is_writer():
         return None
     context = FidContext(ann_images, reference, str(sampling.device)) if fid or reference is not None else None

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from sdm.converter.model import SpikingUNet2DModel
+from sdm.converter.equivalence import ProbeRecorder, equivalence_section, probe_calls
+from sdm.converter.simulation import check_choice
 from sdm.core.diffusion import as_eps_function, initial_noise, sample_shape
 from sdm.core.errors import SdmError
 from sdm.core.images import save_grid_rows, to_uint8
@@ -59,11 +61,34 @@ def sample_ann(source: SourceModel, settings: SamplingSettings) -> tuple[torch.T
 
 
 def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, ann_run: Trajectory,
-                settings: SamplingSettings, label: str) -> dict[str, Any]:
-    """Sample with the SNN from the ANN's noises and compute paired metrics, rates, energy, time."""
-    snn.set_monitor(True)
+                settings: SamplingSettings, label: str, simulation: str = "steps") -> dict[str, Any]:
+    """Sample with the SNN from the ANN's noises and compute paired metrics, rates, energy, time.
+
+    simulation: "steps" (spikes, rates, energy), "closed-form" (the quantised twin at the ANN's
+    cost; no spikes to count), or "both": steps as the result, plus the closed form's metrics and
+    an `equivalence` section (converter/equivalence.py) on inputs the step sampler visited.
+    """
+    check_choice(simulation)
+    if simulation == "closed-form":
+        result = _measure(snn, source, noise, ann_run, settings, label, closed_form=True)
+    else:
+        probe = ProbeRecorder(as_eps_function(snn), probe_calls(settings.steps)) if simulation == "both" else None
+        result = _measure(snn, source, noise, ann_run, settings, label, closed_form=False, eps=probe)
+        if probe is not None:
+            closed = _measure(snn, source, noise, ann_run, settings, label, closed_form=True)
+            ratio = closed["time"]["snn_seconds_per_unet_eval"] / result["time"]["snn_seconds_per_unet_eval"]
+            result["closed_form"] = {key: closed[key] for key in ("paired", "time")}
+            result["equivalence"] = equivalence_section(snn, probe.inputs, ratio)
+    result["simulation"] = simulation
+    return result
+
+
+def _measure(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, ann_run: Trajectory,
+             settings: SamplingSettings, label: str, closed_form: bool, eps=None) -> dict[str, Any]:
+    snn.set_simulation("closed-form" if closed_form else "steps")
+    snn.set_monitor(not closed_form)
     try:
-        run = _sample(as_eps_function(snn), noise, source, settings, f"SNN sampling ({label})",
+        run = _sample(eps or as_eps_function(snn), noise, source, settings, f"SNN sampling ({label})",
                       reference=as_eps_function(source.unet))
         counts = distributed.sum_counts({name: (n.spike_count, n.neuron_steps) for name, n in snn.neurons().items()})
         rates = {name: spikes / max(steps, 1) for name, (spikes, steps) in counts.items()}
@@ -71,9 +96,16 @@ def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tenso
         total_steps = sum(steps for _, steps in counts.values())
     finally:
         snn.set_monitor(False)
+        snn.set_simulation("steps")
     ann_images, snn_images = to_uint8(ann_run.samples), to_uint8(run.samples)
     per_image = psnr(ann_images, snn_images)
-    energy = energy_estimate(snn, count_operations(snn), rates)
+    if closed_form:  # no spikes were simulated: nothing to count rates or energy from
+        spike_rate = {"mean": None, "per_site": {}}
+        energy: dict[str, Any] = {"snn_over_ann": None,
+                                  "convention": "not measured: the closed form simulates no spikes (use --simulation both)"}
+    else:
+        spike_rate = {"mean": total_spikes / max(total_steps, 1), "per_site": rates}
+        energy = energy_estimate(snn, count_operations(snn), rates)
     ann_eval, snn_eval = ann_run.unet_seconds / ann_run.unet_calls, run.unet_seconds / run.unet_calls
     return {
         "label": label,
@@ -87,7 +119,7 @@ def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tenso
             "eps_cosine": float(np.mean(run.eps_cosine)),
             "eps_cosine_per_step": run.eps_cosine,
         },
-        "spike_rate": {"mean": total_spikes / max(total_steps, 1), "per_site": rates},
+        "spike_rate": spike_rate,
         "energy": energy,
         "time": {
             "ann_seconds_per_unet_eval": ann_eval,
@@ -100,16 +132,18 @@ def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tenso
     }
 
 
-def fidelity_check(snn: SpikingUNet2DModel, source: SourceModel, settings: SamplingSettings,
-                   grid: Path) -> dict[str, Any]:
-    """The quick paired check `sdm-convert` runs: PSNR, eps error, spike rate, time, and a grid to look at."""
+def fidelity_check(snn: SpikingUNet2DModel, source: SourceModel, settings: SamplingSettings, grid: Path,
+                   simulation: str = "steps") -> dict[str, Any]:
+    """The quick paired check `sdm-convert` runs: PSNR, eps error, spike rate, time, and a grid to
+    look at; with simulation "both" also the closed form and the equivalence section."""
     noise, ann_run = sample_ann(source, settings)
-    run = measure_snn(snn, source, noise, ann_run, settings, f"T={snn.timesteps}")
+    run = measure_snn(snn, source, noise, ann_run, settings, f"T={snn.timesteps}", simulation)
     save_grid_rows([to_uint8(ann_run.samples), run["_images"]], grid, labels=["ANN", f"SNN T={snn.timesteps}"])
-    return {
+    result = {
         "num_samples": settings.num_samples,
         "sampler": settings.sampler,
         "steps": settings.steps,
+        "simulation": simulation,
         "psnr_db": run["paired"]["psnr_db"],
         "eps_rel_l2": run["paired"]["eps_rel_l2"],
         "eps_cosine": run["paired"]["eps_cosine"],
@@ -120,3 +154,8 @@ def fidelity_check(snn: SpikingUNet2DModel, source: SourceModel, settings: Sampl
             "snn": run["time"]["snn_seconds_per_unet_eval"],
         },
     }
+    if "equivalence" in run:
+        closed = run["closed_form"]["paired"]
+        result["closed_form"] = {"psnr_db": closed["psnr_db"], "eps_rel_l2": closed["eps_rel_l2"]}
+        result["equivalence"] = run["equivalence"]
+    return result

@@ -19,6 +19,7 @@ from sdm.calibration.record import CalibrationRecord
 from sdm.converter.convert import convert
 from sdm.core.atomic import atomic_folder, ensure_free_target
 from sdm.converter.policy import ConversionPolicy
+from sdm.converter.simulation import check_choice
 from sdm.core.errors import SdmError
 from sdm.core.settings import SamplingSettings
 from sdm.eval.paired import measure_snn, sample_ann
@@ -26,7 +27,8 @@ from sdm.eval.plots import plot_metric_curves
 from sdm.pretrained.loading import load_source_model
 
 COLUMNS = ["method", "percentile", "timesteps", "threshold_scale", "psnr_db", "eps_rel_l2", "eps_cosine",
-           "spike_rate", "energy_snn_over_ann", "time_snn_over_ann"]
+           "spike_rate", "energy_snn_over_ann", "time_snn_over_ann", "simulation", "closed_form_psnr_db",
+           "count_differs_fraction"]
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,9 @@ class SweepGrid:
 
 
 def sweep(ann: str, record_folder: Path, grid: SweepGrid, sampling: SamplingSettings, out: Path,
-          overwrite: bool) -> list[dict]:
+          overwrite: bool, simulation: str = "steps") -> list[dict]:
     """One ANN sampling, then every combination measured against it; written to `out` as a whole."""
+    check_choice(simulation)
     combos = grid.combinations()
     ensure_free_target(out, overwrite)
     source = load_source_model(ann)
@@ -78,12 +81,15 @@ def sweep(ann: str, record_folder: Path, grid: SweepGrid, sampling: SamplingSett
             converted = {key: convert(source, record, grid.policy(method, percentile, t, 1.0), sampling.device)}
         snn = converted[key]
         snn.set_threshold_scale(scale)  # updates the policy with the neurons, so reports stay true
-        run = measure_snn(snn, source, noise, ann_run, sampling, f"{method}-p{percentile}-T{t}-s{scale}")
+        run = measure_snn(snn, source, noise, ann_run, sampling, f"{method}-p{percentile}-T{t}-s{scale}", simulation)
+        both = run.get("equivalence")
         rows.append({
             "method": method, "percentile": percentile if method == "percentile" else None, "timesteps": t,
             "threshold_scale": scale, "psnr_db": run["paired"]["psnr_db"], "eps_rel_l2": run["paired"]["eps_rel_l2"],
             "eps_cosine": run["paired"]["eps_cosine"], "spike_rate": run["spike_rate"]["mean"],
             "energy_snn_over_ann": run["energy"]["snn_over_ann"], "time_snn_over_ann": run["time"]["snn_over_ann"],
+            "simulation": simulation, "closed_form_psnr_db": run["closed_form"]["paired"]["psnr_db"] if both else None,
+            "count_differs_fraction": both["count_differs_fraction"] if both else None,
         })
     settings = {"ann": ann, "record": str(record_folder), "grid": {k: str(v) for k, v in grid.__dict__.items()},
                 **{k: str(v) for k, v in sampling.__dict__.items()}, "out": str(out)}

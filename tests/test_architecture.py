@@ -18,7 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = {"sdm": ROOT / "sdm", "sdm.core": ROOT / "core", "sdm.pretrained": ROOT / "pretrained",
                 "sdm.calibration": ROOT / "calibration", "sdm.converter": ROOT / "converter", "sdm.eval": ROOT / "eval"}
-ENTRY_POINTS = {"sdm.eval.compare", "sdm.eval.sweep", "sdm.eval.bench", "sdm.eval.reference_stats"}
+ENTRY_POINTS = {"sdm.eval.compare", "sdm.eval.sweep", "sdm.eval.bench", "sdm.eval.reference_stats",
+                "sdm.eval.neuron_table"}
 # (importing stage, imported stage): why it is forbidden.
 FORBIDDEN = {
     ("pretrained", "converter"): "source models know nothing of conversion",

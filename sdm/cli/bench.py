@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sdm.cli.common import add_ann_argument, add_device_argument, add_output_arguments, make_parser, run_command
+from sdm.cli.common import (add_ann_argument, add_device_argument, add_output_arguments, add_simulation_argument,
+                            make_parser, run_command)
 from sdm.core.settings import parse_list
 
 PROG = "bench.py"
@@ -26,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed calls per model and batch size")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     add_device_argument(p)
+    p.add_argument("--tf32", action="store_true", help="let CUDA use TF32 for float32 convolutions")
+    add_simulation_argument(p, "steps, closed-form (the quantised twin, one pass) or both, timed side by side")
     p.add_argument("--allocator", choices=("retain", "default"), default="retain",
                    help="retain: keep freed buffers mapped (converter/allocator.py), as the sampling commands do; "
                         "default: glibc's own thresholds")
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             ann=args.ann, timesteps=tuple(parse_list(args.timesteps, "--timesteps")),
             batch_sizes=tuple(parse_list(args.batch_sizes, "--batch-sizes")), repeats=args.repeats,
             threads=args.threads, device=args.device, allocator=args.allocator, tensor_ops=args.tensor_ops,
-            out=args.out, overwrite=args.overwrite)
+            out=args.out, overwrite=args.overwrite, simulation=args.simulation, tf32=args.tf32)
 
     def report(result: dict) -> None:
         print(benchmark.markdown(result))

@@ -11,6 +11,7 @@ from pathlib import Path
 from sdm.calibration.settings import CalibrationSettings
 from sdm.cli.common import add_device_argument, add_output_arguments, make_parser, run_command
 from sdm.core.atomic import ensure_free_target
+from sdm.core.settings import at_least
 from sdm.pretrained.zoo import DEFAULT_MODEL
 
 PROG = "sdm-calibrate"
@@ -46,6 +47,8 @@ class SourceCalibration:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "SourceCalibration":
+        for flag in ("calib_samples", "calib_steps", "calib_batch_size"):  # named as the user typed them
+            at_least("--" + flag.replace("_", "-"), getattr(args, flag), 1)
         settings = CalibrationSettings(num_samples=args.calib_samples, steps=args.calib_steps, seed=args.seed,
                                        batch_size=args.calib_batch_size)
         return cls(args.checkpoint, args.device, settings, args.calib_data, args.calib_split)

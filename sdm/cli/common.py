@@ -84,6 +84,19 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, steps: int, batch
     add_device_argument(parser)
 
 
+def add_simulation_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """--simulation: steps | closed-form | both (checked by converter.simulation.check_choice)."""
+    parser.add_argument("--simulation", default="steps", help=help)
+
+
+def print_equivalence(eq: dict, closed_form_psnr_db: float, indent: str) -> None:
+    """The equivalence section of a `--simulation both` run, in one line."""
+    print(f"{indent}equivalence: counts differ {eq['count_differs_fraction']:.2e} (ties "
+          f"{eq['count_differs_ties_fraction']:.2e}), closed-form PSNR {closed_form_psnr_db:.2f} dB, largest eps rel. "
+          f"difference {eq['largest_eps_relative_difference']:.2e}, closed-form/steps time "
+          f"{eq['closed_form_over_steps_time']:.3f}")
+
+
 def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
     return SamplingSettings(num_samples=args.num_samples, steps=args.steps, seed=args.seed, sampler=args.sampler,
                             batch_size=args.batch_size, device=args.device, tf32=args.tf32)

@@ -12,8 +12,8 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from sdm.cli.common import (add_ann_argument, add_output_arguments, add_sampling_arguments, add_subcommand,
-                            make_parser, run_command, sampling_settings)
+from sdm.cli.common import (add_ann_argument, add_output_arguments, add_sampling_arguments, add_simulation_argument,
+                            add_subcommand, make_parser, print_equivalence, run_command, sampling_settings)
 from sdm.converter.allocator import retain_freed_memory
 from sdm.core.atomic import ensure_free_target
 from sdm.core.settings import SamplingSettings
@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(p, num_samples=16, steps=20, batch_size=16)
     p.add_argument("--fid-ref", type=Path, default=None, help="reference Inception statistics (.npz from eval.reference_stats)")
     p.add_argument("--fid", action="store_true", help="compute FID between ANN and SNN samples even without --fid-ref")
+    add_simulation_argument(p, "steps, closed-form (the quantised twin, ANN cost, no spikes counted) or both (steps "
+                               "plus closed form and their agreement in report.json)")
     add_output_arguments(p)
     f = add_subcommand(sub, "ann-fid", "sample one ANN and measure its FID against reference statistics")
     add_ann_argument(f, "ANN: a path or an embedded model name")
@@ -49,6 +51,7 @@ class CompareSettings:
     fid_ref: Path | None = None
     fid: bool = False
     snn: tuple[Path, ...] = ()
+    simulation: str = "steps"
 
     def __post_init__(self) -> None:
         ensure_free_target(self.out, self.overwrite)  # and proven writable, before any model loads
@@ -57,20 +60,22 @@ class CompareSettings:
     def from_args(cls, args: argparse.Namespace) -> "CompareSettings":
         return cls(command=args.command, ann=args.ann, sampling=sampling_settings(args), out=args.out,
                    overwrite=args.overwrite, fid_ref=args.fid_ref, fid=getattr(args, "fid", False),
-                   snn=tuple(getattr(args, "snn", ())))
+                   snn=tuple(getattr(args, "snn", ())), simulation=getattr(args, "simulation", "steps"))
 
 
 def run(settings: CompareSettings) -> dict:
     # Heavy imports after parsing and validation (fast --help).
+    from sdm.converter.simulation import check_choice
     from sdm.eval import distributed
     from sdm.eval.comparison import ann_fid, ann_vs_snn
 
+    check_choice(settings.simulation)
     try:  # under torchrun: join the process group, every rank with the same settings
         sampling = replace(settings.sampling, device=distributed.start(asdict(settings), settings.sampling.device))
         if settings.command == "ann-fid":
             return ann_fid(settings.ann, settings.fid_ref, sampling, settings.out, settings.overwrite)
         return ann_vs_snn(settings.ann, list(settings.snn), sampling, settings.out, settings.overwrite,
-                          settings.fid_ref, settings.fid)
+                          settings.fid_ref, settings.fid, settings.simulation)
     finally:
         distributed.close()
 
@@ -84,9 +89,13 @@ def print_runs(report: dict) -> None:
     for run in report["runs"]:
         fid = run["fid"]
         fid_text = f", FID SNN vs ANN {fid['snn_vs_ann']:.2f}" if fid["snn_vs_ann"] is not None else ""
-        print(f"{run['label']}: T={run['timesteps']} PSNR {run['paired']['psnr_db']:.2f} dB, eps rel. L2 "
-              f"{run['paired']['eps_rel_l2']:.4f}, spike rate {run['spike_rate']['mean']:.3f}, energy SNN/ANN "
-              f"{run['energy']['snn_over_ann']:.3f}, time SNN/ANN {run['time']['snn_over_ann']:.2f}{fid_text}")
+        spikes = "" if run["spike_rate"]["mean"] is None else (
+            f", spike rate {run['spike_rate']['mean']:.3f}, energy SNN/ANN {run['energy']['snn_over_ann']:.3f}")
+        print(f"{run['label']}: T={run['timesteps']} ({run['simulation']}) PSNR {run['paired']['psnr_db']:.2f} dB, "
+              f"eps rel. L2 {run['paired']['eps_rel_l2']:.4f}{spikes}, time SNN/ANN {run['time']['snn_over_ann']:.2f}"
+              f"{fid_text}")
+        if "equivalence" in run:
+            print_equivalence(run["equivalence"], run["closed_form"]["paired"]["psnr_db"], "  ")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sdm.cli.calibrate import SourceCalibration, add_source_arguments
-from sdm.cli.common import add_output_arguments, make_parser, run_command
+from sdm.cli.common import add_output_arguments, add_simulation_argument, make_parser, print_equivalence, run_command
 from sdm.converter.allocator import retain_freed_memory
 from sdm.converter.policy import (
     ATTENTION_MODES,
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="images sampled by ANN and SNN from the same noise (0 skips the check)")
     evaluation.add_argument("--eval-steps", type=int, default=20, help="sampler steps")
     evaluation.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="diffusers sampler (ddim: eta 0)")
+    add_simulation_argument(evaluation, "steps, closed-form (the quantised twin, ANN cost) or both (and their "
+                                        "agreement in summary.json)")
     return parser
 
 
@@ -107,6 +109,7 @@ class ConvertSettings:
     overwrite: bool = False
     record: Path | None = None
     fidelity: SamplingSettings | None = None  # None: no fidelity check
+    simulation: str = "steps"  # of the fidelity check
 
     def __post_init__(self) -> None:
         ensure_free_target(self.out, self.overwrite)  # and proven writable, before any model loads
@@ -125,7 +128,7 @@ class ConvertSettings:
         if args.record is not None:  # nothing to calibrate: no images to read
             source = replace(source, calib_data=None)
         return cls(source=source, policy=policy, out=out, overwrite=args.overwrite, record=args.record,
-                   fidelity=fidelity)
+                   fidelity=fidelity, simulation=args.simulation)
 
 
 def run(settings: ConvertSettings) -> dict:
@@ -136,15 +139,20 @@ def run(settings: ConvertSettings) -> dict:
     from sdm.converter.convert import convert_calibrating
     from sdm.converter.export import save_converted
     from sdm.converter.operations import operations_report
+    from sdm.converter.simulation import check_policy
     from sdm.core.atomic import atomic_folder
     from sdm.eval.paired import fidelity_check
 
+    check_policy(settings.simulation, settings.policy.attention)  # before any model loads
+    record = CalibrationRecord.load(settings.record) if settings.record is not None else None
     device, source, images = settings.source.load()
+    if record is not None:
+        record.check_source(source.fingerprint)
 
     def obtain_record(model) -> CalibrationRecord:  # runs once the SNN is built (the model is convertible)
         print(f"source: {model.origin} ({model.format}, weights: {model.weights})", file=sys.stderr)
-        if settings.record is not None:
-            return CalibrationRecord.load(settings.record)
+        if record is not None:
+            return record
         return calibrate(model.unet, model.scheduler_config, settings.source.calibration, model.fingerprint, device,
                          images)
 
@@ -155,7 +163,7 @@ def run(settings: ConvertSettings) -> dict:
         (staging / "operations.json").write_text(json.dumps(operations_report(conversion.snn), indent=2))
         if settings.fidelity is not None:
             summary["fidelity"] = fidelity_check(conversion.snn, source, replace(settings.fidelity, device=device),
-                                                 staging / "grid.png")
+                                                 staging / "grid.png", settings.simulation)
         (staging / "summary.json").write_text(json.dumps(summary, indent=2))
     summary["out"] = str(settings.out)
     return summary
@@ -169,9 +177,12 @@ def report(summary: dict) -> None:
         print(
             f"fidelity (T={summary['policy']['timesteps']}, {fidelity['num_samples']} samples, {fidelity['sampler']} "
             f"{fidelity['steps']} steps): PSNR SNN vs ANN {fidelity['psnr_db']:.2f} dB, eps rel. L2 "
-            f"{fidelity['eps_rel_l2']:.4f}, spike rate {fidelity['spike_rate']:.3f}, "
-            f"SNN/ANN time per eval {times['snn'] / times['ann']:.1f}x"
+            f"{fidelity['eps_rel_l2']:.4f}, "
+            + ("" if fidelity["spike_rate"] is None else f"spike rate {fidelity['spike_rate']:.3f}, ")
+            + f"SNN/ANN time per eval {times['snn'] / times['ann']:.1f}x ({fidelity['simulation']})"
         )
+        if "equivalence" in fidelity:
+            print_equivalence(fidelity["equivalence"], fidelity["closed_form"]["psnr_db"], "")
 
 
 def main(argv: list[str] | None = None) -> int:

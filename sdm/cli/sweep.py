@@ -9,8 +9,8 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sdm.cli.common import (add_ann_argument, add_output_arguments, add_sampling_arguments, make_parser, run_command,
-                            sampling_settings)
+from sdm.cli.common import (add_ann_argument, add_output_arguments, add_sampling_arguments, add_simulation_argument,
+                            make_parser, run_command, sampling_settings)
 from sdm.converter.allocator import retain_freed_memory
 from sdm.converter.policy import THRESHOLD_METHODS
 from sdm.core.errors import SdmError
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--percentiles", default="99.9", help="comma list, used with the percentile method")
     p.add_argument("--timesteps", default="4", help="comma list of T")
     p.add_argument("--scales", default="1.0", help="comma list of threshold scales (TG)")
+    add_simulation_argument(p, "steps, closed-form (quantised twin, ANN cost) or both")
     p.add_argument("--policy", default="{}", help='other conversion options as JSON, e.g. \'{"negative_lobe": "relu"}\'')
     add_sampling_arguments(p, num_samples=8, steps=20, batch_size=16)
     add_output_arguments(p)
@@ -47,6 +48,7 @@ class SweepSettings:
     sampling: SamplingSettings
     out: Path
     overwrite: bool
+    simulation: str = "steps"
 
     def __post_init__(self) -> None:
         ensure_free_target(self.out, self.overwrite)  # and proven writable, before any model loads
@@ -63,7 +65,8 @@ class SweepSettings:
                    percentiles=tuple(parse_list(args.percentiles, "--percentiles", float)),
                    timesteps=tuple(parse_list(args.timesteps, "--timesteps", int)),
                    scales=tuple(parse_list(args.scales, "--scales", float)), policy=extra,
-                   sampling=sampling_settings(args), out=args.out, overwrite=args.overwrite)
+                   sampling=sampling_settings(args), out=args.out, overwrite=args.overwrite,
+                   simulation=args.simulation)
 
 
 def run(settings: SweepSettings) -> list[dict]:
@@ -74,7 +77,7 @@ def run(settings: SweepSettings) -> list[dict]:
     grid = SweepGrid(settings.methods, settings.percentiles, settings.timesteps, settings.scales, settings.policy)
     grid.combinations()  # every policy valid before the device or any model
     sampling = replace(settings.sampling, device=resolve_device(settings.sampling.device))
-    return sweep(settings.ann, settings.record, grid, sampling, settings.out, settings.overwrite)
+    return sweep(settings.ann, settings.record, grid, sampling, settings.out, settings.overwrite, settings.simulation)
 
 
 def main(argv: list[str] | None = None) -> int:

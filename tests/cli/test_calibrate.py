@@ -37,4 +37,4 @@ def test_the_record_is_reused_by_convert_and_sweep_without_recalibrating(calibra
 def test_refusals_are_one_line(calibrated, tmp_path, capsys):
     refused_by(main, "sdm-calibrate", capsys, ["--checkpoint", str(tmp_path / "nope")], tmp_path, "checkpoint not found")
     refused_by(main, "sdm-calibrate", capsys, ["--checkpoint", str(calibrated / "ann"), "--calib-steps", "0"], tmp_path,
-               "calibration steps must be >= 1")
+               "--calib-steps must be >= 1")

@@ -4,14 +4,15 @@ import argparse
 
 import pytest
 
-from sdm.cli import bench, calibrate, compare, convert, export, finetune, reference_stats, sweep, train, zoo
+from sdm.cli import (bench, calibrate, compare, convert, export, finetune, neuron_table, reference_stats, sweep, train,
+                     zoo)
 
 PARSERS = {"sdm-convert": convert.build_parser, "sdm-calibrate": calibrate.build_parser,
            "sdm-export": export.build_parser, "sdm-finetune": finetune.build_parser, "sdm-train": train.build_parser,
            "compare.py": compare.build_parser, "sweep.py": sweep.build_parser, "bench.py": bench.build_parser,
-           "reference_stats": reference_stats.build_parser}
+           "reference_stats": reference_stats.build_parser, "neuron_table.py": neuron_table.build_parser}
 MAINS = [convert.main, calibrate.main, export.main, finetune.main, train.main, compare.main, sweep.main, bench.main,
-         reference_stats.main, zoo.main]
+         reference_stats.main, neuron_table.main, zoo.main]
 
 
 def _all_parsers(parser: argparse.ArgumentParser):

@@ -137,8 +137,8 @@ def test_calibration_data_without_images_is_refused(tmp_path, tiny_folder, capsy
 @pytest.mark.parametrize("argv, expected", [
     (["--eval-samples", "1", "--eval-steps", "0"], "--eval-steps must be >= 1"),
     (["--eval-samples", "-1"], "--eval-samples must be >= 0"),
-    (["--calib-samples", "0"], "calibration num samples must be >= 1"),
-    (["--calib-batch-size", "0"], "calibration batch size must be >= 1"),
+    (["--calib-samples", "0"], "--calib-samples must be >= 1"),
+    (["--calib-batch-size", "0"], "--calib-batch-size must be >= 1"),
 ])
 def test_options_are_validated_before_the_model_loads(tmp_path, capsys, argv, expected):
     """The checkpoint does not even exist: a refusal naming the option proves nothing was loaded first."""
