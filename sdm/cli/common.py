@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from sdm.core.errors import run_reporting_errors
 from sdm.core.settings import DEVICE_HELP, SAMPLERS, SamplingSettings
@@ -31,8 +31,17 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An option error is one line, `prog: error: message (see prog --help)`, exit 2, like every
+    other refusal: argparse's usage block before it would bury the line that names the problem.
+    Sub-commands' parsers are of this class too (argparse makes them of their parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def make_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+    return CommandParser(prog=prog, description=description, formatter_class=HelpFormatter)
 
 
 def add_subcommand(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
