@@ -9,13 +9,12 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Callable, NoReturn, TypeVar
+from typing import Callable, TypeVar
 
 T = TypeVar("T")
 # Signals that end a run the way Ctrl-C does (SIGINT is Python's KeyboardInterrupt already).
@@ -24,15 +23,6 @@ TERMINATING = (signal.SIGTERM, signal.SIGHUP)
 
 class SdmError(Exception):
     """A problem with the user's input (path, file, option), reported as one line."""
-
-
-class CommandParser(argparse.ArgumentParser):
-    """An option error is one line, `prog: error: message (see prog --help)`, exit 2, like every
-    other refusal: argparse's usage block before it would bury the line that names the problem.
-    Sub-commands' parsers are of this class too (argparse makes them of their parent's class)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class Interrupted(BaseException):
