@@ -163,7 +163,7 @@ class SpikingActivation(TimeFolded):
         t = _time_index(self.timesteps, seq)
         if not _functional():
             return self.drive(_running_mean(seq, t).flatten(0, 1)).unflatten(0, (self.timesteps, -1)).mul_(t)
-        return self.drive((seq.cumsum(dim=0) / t).flatten(0, 1)).unflatten(0, (self.timesteps, -1)) * t
+        return self.drive((_cumsum(seq) / t).flatten(0, 1)).unflatten(0, (self.timesteps, -1)) * t
 
     def decision_distance(self, current: torch.Tensor) -> torch.Tensor:
         """Exact neurons: per step [T, B, ...], how far (in thresholds) each side's count argument

@@ -25,7 +25,7 @@ import torch
 from sdm.calibration.collect import CalibrationSettings, calibrate_data_free
 from sdm.converter import site_kernel
 from sdm.converter.allocator import retain_freed_memory
-from sdm.core.devices import DEVICE_HELP, resolve_device, synchronize, tf32_enabled
+from sdm.core.devices import DEVICE_HELP, resolve_device, set_tf32, synchronize, tf32_enabled
 from sdm.converter.convert import convert
 from sdm.converter.model import SpikingUNet2DModel
 from sdm.converter.policy import ConversionPolicy
@@ -135,6 +135,7 @@ def bench(args: argparse.Namespace) -> dict:
     simulations = SIMULATIONS if check_choice(args.simulation) == "both" else (args.simulation,)
     ensure_free_target(args.out, args.overwrite)
     retained = args.allocator == "retain" and retain_freed_memory()
+    set_tf32(args.tf32)  # off unless asked: the arithmetic the paired comparisons time
     if args.threads:
         torch.set_num_threads(args.threads)
     source = load_source_model(args.ann)
@@ -198,7 +199,8 @@ def bench(args: argparse.Namespace) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# SNN vs ANN speed ({result['device']}, {result['threads']} threads, {result['repeats']} repeats)", "",
+    lines = [f"# SNN vs ANN speed ({result['device']}, TF32 {'on' if result['tf32'] else 'off'}, {result['threads']} threads, "
+             f"{result['repeats']} repeats)", "",
              f"Calibration (default size) {result['calibration_seconds']:.1f} s; conversion "
              f"{result['conversion_seconds_per_T']:.1f} s per T. Fused site kernel: "
              f"{'compiled and used' if result['site_kernel_available'] else 'not available (tensor ops)'}; "
@@ -226,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP + " (default cpu)")
+    p.add_argument("--tf32", action="store_true", help="let CUDA use TF32 for float32 convolutions (default off)")
     p.add_argument("--allocator", choices=("retain", "default"), default="retain",
                    help="retain: keep freed buffers mapped (converter/allocator.py), as the sampling commands do; "
                         "default: glibc's own thresholds")
