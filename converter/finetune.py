@@ -39,6 +39,7 @@ from sdm.converter.allocator import retain_freed_memory
 from sdm.converter.export import check_same_source, load_converted, save_converted
 from sdm.converter.model import SpikingUNet2DModel
 from sdm.converter.operations import operations_report
+from sdm.converter import qat
 from sdm.converter.tsm import TRAINABLE, clamp_thresholds_, freeze, set_trainable, tsm_values
 from sdm.pretrained.loading import SourceModel, load_source_model, state_dict_fingerprint
 from sdm.pretrained.zoo import DEFAULT_MODEL
@@ -48,13 +49,19 @@ from sdm.core.training import check_output_folder, data_target, device_name, ema
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "sdm-finetune-checkpoint/1"
+METHODS = ("tsm", "qat")
 POOLS = ("record", "trajectories", "both")
+DEFAULT_POOL = {"tsm": "record", "qat": "trajectories"}
+DEFAULT_REFRESH = {"tsm": 0, "qat": 50}
 TRAJECTORY_SEED_OFFSET = 1000  # fresh trajectories start away from the noise seeds evaluations use (0, 1, ...)
+GENERATION_SEED_STRIDE = 7919  # generation g of fresh trajectories: seed 1000 + --seed + g * stride
+HELD_OUT_SEED = 999  # QAT's fixed held-out distillation inputs: trajectories no generation trains on
 TARGET_CHUNK = 16
 LOSS_COLUMNS = ["step", "loss", "distill_loss", "data_loss", "grad_norm"]
 # Options whose change would change the result: a resumed run must use the checkpoint's values.
-RECIPE_KEYS = ("train", "lr", "batch_size", "seed", "distill_weight", "data_weight", "data", "data_limit",
-               "bf16", "ema", "grad_clip", "pool", "trajectories", "trajectory_steps", "eval_size")
+RECIPE_KEYS = ("method", "train", "weights", "rank", "lr", "weight_lr", "batch_size", "seed", "distill_weight",
+               "data_weight", "data", "data_limit", "bf16", "ema", "grad_clip", "pool", "trajectories",
+               "trajectory_steps", "refresh_every", "eval_size")
 
 
 class FinetuneError(SdmError):
@@ -75,21 +82,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ann", default=None,
                         help="source ANN (path or embedded name; default: the source recorded in the SNN's "
                              f"provenance if it exists here, else {DEFAULT_MODEL})")
+    parser.add_argument("--method", choices=METHODS, default="tsm",
+                        help="tsm: learn TSM factors p[t] on the step simulation (default); qat: quantisation-aware "
+                             "training of the quantised twin in closed form (one pass per step), thresholds as "
+                             "LSQ step sizes, bias corrections and --weights")
     parser.add_argument("--steps", type=int, default=500, help="total optimiser steps (default 500)")
     parser.add_argument("--batch-size", type=int, default=8, help="inputs per step (default 8)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     parser.add_argument("--train", choices=TRAINABLE, default="p",
                         help="p: TSM factors only (default); thresholds: p + neuron thresholds; "
                              "all: p, thresholds, bias currents and all weights")
+    parser.add_argument("--weights", choices=qat.QAT_WEIGHTS, default="none",
+                        help="--method qat: also train the weights, all of them or low-rank adapters merged at the "
+                             "end (default none)")
+    parser.add_argument("--rank", type=int, default=4, help="rank of the adapters of --weights lora (default 4)")
+    parser.add_argument("--weight-lr", type=float, default=1e-4,
+                        help="--method qat: Adam learning rate of weights or adapters (default 1e-4; --lr is the "
+                             "thresholds' and bias corrections')")
     parser.add_argument("--distill-weight", type=float, default=1.0, help="weight of the ANN distillation loss (default 1)")
     parser.add_argument("--data-weight", type=float, default=0.0, help="weight of the eps-MSE loss on real images (default 0)")
     parser.add_argument("--data", type=Path, default=None, help="images for the data loss: a zip or a folder")
     parser.add_argument("--data-limit", type=int, default=5000, help="images read from --data, seeded subset (default 5000)")
-    parser.add_argument("--pool", choices=POOLS, default="record",
-                        help="distillation inputs: the calibration record's stored x_t (default), fresh ANN DDIM "
-                             "trajectories, or both")
+    parser.add_argument("--pool", choices=POOLS, default=None,
+                        help="distillation inputs: the calibration record's stored x_t (tsm's default), fresh ANN DDIM "
+                             "trajectories (qat's default), or both")
     parser.add_argument("--trajectories", type=int, default=8, help="fresh DDIM trajectories for --pool trajectories|both (default 8)")
     parser.add_argument("--trajectory-steps", type=int, default=10, help="DDIM steps per fresh trajectory (default 10)")
+    parser.add_argument("--refresh-every", type=int, default=None,
+                        help="every N steps replace the pool's trajectories by fresh ones (new seeds); 0: never "
+                             "(default: 50 for qat, 0 for tsm)")
     parser.add_argument("--eval-size", type=int, default=16, help="fixed inputs on which losses before/after are measured (default 16)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the SNN forward/backward")
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the trainable values, 0 = off (e.g. 0.999); "
@@ -104,7 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def validate(args: argparse.Namespace) -> None:
+    """Range checks, and the method's defaults for --pool and --refresh-every filled in."""
+    if args.pool is None:
+        args.pool = DEFAULT_POOL[args.method]
+    if args.refresh_every is None:
+        args.refresh_every = DEFAULT_REFRESH[args.method]
     checks = [
+        (args.method == "tsm" or args.train == "p",
+         "--train is for --method tsm: --method qat trains thresholds and bias corrections (plus --weights)"),
+        (args.method == "qat" or args.weights == "none", "--weights is for --method qat (TSM trains weights with --train all)"),
+        (args.rank >= 1, f"--rank must be >= 1, got {args.rank}"),
+        (args.weight_lr > 0 and math.isfinite(args.weight_lr), f"--weight-lr must be > 0, got {args.weight_lr}"),
+        (args.refresh_every >= 0, f"--refresh-every must be >= 0, got {args.refresh_every}"),
+        (args.refresh_every == 0 or args.pool != "record",
+         "--refresh-every replaces fresh trajectories: it needs --pool trajectories or both"),
         (args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
         (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
         (args.lr > 0 and math.isfinite(args.lr), f"--lr must be > 0, got {args.lr}"),
@@ -207,8 +241,33 @@ def build_pool(args: argparse.Namespace, source: SourceModel, record: Calibratio
         parts.append(Pool(x, t, ann_targets(source.unet, x, t, device)))
     if args.pool in ("trajectories", "both"):
         parts.append(ann_trajectories(source, args.trajectories, args.trajectory_steps,
-                                      TRAJECTORY_SEED_OFFSET + args.seed, device))
+                                      trajectory_seed(args.seed, 0), device))
     return Pool(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x", "t", "target")))
+
+
+def trajectory_seed(seed: int, generation: int) -> int:
+    """The noise seed of generation `generation` of fresh trajectories (0: the first pool's)."""
+    return TRAJECTORY_SEED_OFFSET + seed + generation * GENERATION_SEED_STRIDE
+
+
+def refresh_pool(pool: Pool, args: argparse.Namespace, source: SourceModel, device: torch.device,
+                 generation: int) -> Pool:
+    """`pool` with its trajectory part (always last) replaced by generation `generation`'s fresh
+    trajectories: a function of (seed, generation) only, so a resumed run rebuilds the same pool."""
+    source.unet.to(device)
+    fresh = ann_trajectories(source, args.trajectories, args.trajectory_steps, trajectory_seed(args.seed, generation), device)
+    source.unet.to("cpu")
+    keep = len(pool) - len(fresh)
+    return Pool(*(torch.cat([getattr(pool, f)[:keep], getattr(fresh, f)]) for f in ("x", "t", "target")))
+
+
+def held_out_inputs(args: argparse.Namespace, source: SourceModel, device: torch.device) -> Pool:
+    """Fixed held-out distillation inputs (QAT's before/after losses): --eval-size x_t spread evenly
+    over ANN trajectories from a seed that no training generation uses."""
+    count = max(1, math.ceil(args.eval_size / args.trajectory_steps))
+    pool = ann_trajectories(source, count, args.trajectory_steps, HELD_OUT_SEED, device)
+    index = torch.linspace(0, len(pool) - 1, min(args.eval_size, len(pool))).round().long().unique()
+    return Pool(pool.x[index], pool.t[index], pool.target[index])
 
 
 def load_images(args: argparse.Namespace, snn: SpikingUNet2DModel) -> torch.Tensor:
@@ -228,11 +287,19 @@ class Trainer:
     """One fine-tuning run: batches, losses, optimiser, EMA; all state goes into checkpoints."""
 
     def __init__(self, args: argparse.Namespace, snn: SpikingUNet2DModel, pool: Pool, images: torch.Tensor | None,
-                 schedule: DDPMScheduler, device: torch.device) -> None:
+                 schedule: DDPMScheduler, device: torch.device, refresh=None, held_out: Pool | None = None) -> None:
+        """`refresh(generation)`: the pool of that generation of fresh trajectories (every
+        --refresh-every steps); `held_out`: fixed inputs for `evaluate` instead of pool inputs."""
         self.args, self.snn, self.pool, self.images, self.schedule, self.device = args, snn, pool, images, schedule, device
-        self.named = set_trainable(snn, args.train)
+        self.refresh, self.held_out, self.generation = refresh, held_out, 0
+        if args.method == "qat":
+            self.named = qat.prepare(snn, args.weights, args.rank, args.seed)
+            groups = qat.parameter_groups(self.named, args.lr, args.weight_lr)
+        else:
+            self.named = set_trainable(snn, args.train)
+            groups = [{"params": [p for _, p in self.named], "lr": args.lr}]
         self.params = [p for _, p in self.named]
-        self.optimizer = torch.optim.Adam(self.params, lr=args.lr)
+        self.optimizer = torch.optim.Adam(groups)
         self.ema = {name: p.detach().clone() for name, p in self.named} if args.ema > 0 else {}
         self.generator = torch.Generator().manual_seed(args.seed)
         self.step = 0
@@ -261,6 +328,9 @@ class Trainer:
     # one step ------------------------------------------------------------------------
     def train_step(self) -> list[float]:
         args = self.args
+        if self.refresh is not None and self.step // args.refresh_every != self.generation:
+            self.generation = self.step // args.refresh_every
+            self.pool = self.refresh(self.generation)
         self.optimizer.zero_grad(set_to_none=True)
         distill = data = torch.zeros((), device=self.device)
         if args.distill_weight > 0:
@@ -276,7 +346,7 @@ class Trainer:
         max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         self.optimizer.step()
-        if args.train != "p":
+        if args.method == "qat" or args.train != "p":
             clamp_thresholds_(self.snn)
         self.step += 1
         if self.ema:
@@ -288,14 +358,17 @@ class Trainer:
     # evaluation ----------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Losses on fixed inputs (fp32, no autocast): the first eval-size pool inputs, spread evenly."""
+        """Losses on fixed inputs (fp32, no autocast): the held-out inputs, else eval-size pool inputs spread evenly."""
         result: dict[str, float] = {}
-        count = min(self.args.eval_size, len(self.pool))
         if self.args.distill_weight > 0:
-            index = torch.linspace(0, len(self.pool) - 1, count).round().long().unique()
+            fixed = self.held_out
+            if fixed is None:
+                count = min(self.args.eval_size, len(self.pool))
+                index = torch.linspace(0, len(self.pool) - 1, count).round().long().unique()
+                fixed = Pool(self.pool.x[index], self.pool.t[index], self.pool.target[index])
             outs = [self.snn(x.to(self.device), t.to(self.device)).sample.float().cpu()
-                    for x, t in zip(self.pool.x[index].split(TARGET_CHUNK), self.pool.t[index].split(TARGET_CHUNK))]
-            result["distill"] = float(F.mse_loss(torch.cat(outs), self.pool.target[index]))
+                    for x, t in zip(fixed.x.split(TARGET_CHUNK), fixed.t.split(TARGET_CHUNK))]
+            result["distill"] = float(F.mse_loss(torch.cat(outs), fixed.target))
         if self.args.data_weight > 0:
             generator = torch.Generator().manual_seed(self.args.seed + 1)
             index = torch.arange(min(self.args.eval_size, self.images.shape[0]))
@@ -381,6 +454,11 @@ def plot_tsm(values: dict[str, list[float]], path: Path) -> None:
 # ----------------------------------------------------------------------------- the run
 
 
+def label(args: argparse.Namespace) -> str:
+    """What a run trains, in a few words (progress bar, last line)."""
+    return f"qat, weights {args.weights}" if args.method == "qat" else args.train
+
+
 def resolve_ann(args: argparse.Namespace, snn: SpikingUNet2DModel) -> SourceModel:
     if args.ann is not None:
         name = args.ann
@@ -404,6 +482,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     validate(args)
     device = resolve_device(args.device)
     snn = load_converted(args.snn, device=str(device))
+    if args.method == "qat":
+        qat.check_trainable(snn)
     prepare_output(args)
     try:
         record: CalibrationRecord | None = CalibrationRecord.load(args.snn)
@@ -433,9 +513,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     pool = build_pool(args, source, record, device) if args.distill_weight > 0 else Pool(*(torch.zeros(0),) * 3)
     pool_seconds = time.perf_counter() - started
+    held_out = held_out_inputs(args, source, device) if args.method == "qat" and args.distill_weight > 0 else None
     source.unet.to("cpu")
 
-    trainer = Trainer(args, snn, pool, images, schedule, device)
+    refresh = None
+    if args.refresh_every and args.distill_weight > 0:
+        def refresh(generation: int) -> Pool:
+            return refresh_pool(trainer.pool, args, source, device, generation)
+    thresholds_before = qat.thresholds_of(snn)
+    trainer = Trainer(args, snn, pool, images, schedule, device, refresh, held_out)
     if resumed is not None:
         trainer.load_state(resumed)
         loss_before = resumed["loss_before"]
@@ -444,7 +530,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         loss_before = trainer.evaluate()
     first_step = trainer.step
     step_times: list[float] = []
-    progress = tqdm(total=args.steps, initial=first_step, desc=f"fine-tuning ({args.train})", unit="step")
+    progress = tqdm(total=args.steps, initial=first_step, desc=f"fine-tuning ({label(args)})", unit="step")
     while trainer.step < args.steps:
         begin = time.perf_counter()
         row = trainer.train_step()
@@ -463,8 +549,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     final_state = trainer.state(identity, recipe, loss_before)
     if trainer.ema:
         trainer.use_ema()
-    freeze(snn)
-    loss_after = trainer.evaluate()
+    if args.method == "qat":
+        qat.finish(snn)  # a plain converted model again: steps simulation, adapters merged
+        snn.set_simulation("closed-form")  # which the steps equal: the after-loss at one pass per input
+        loss_after = trainer.evaluate()
+        snn.set_simulation("steps")
+    else:
+        freeze(snn)
+        loss_after = trainer.evaluate()
     snn.register_to_config(provenance={**provenance, "finetune": {"from": str(args.snn), "steps": trainer.step, **recipe}})
     values = tsm_values(snn)
     summary = {
@@ -486,15 +578,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "loss_before": loss_before,
         "loss_after": loss_after,
         "loss_note": "fp32 losses of the saved model (EMA values if --ema) on fixed inputs: "
-                     "evenly spread distillation-pool inputs and the first data images with seeded noise",
-        "tsm_mean_per_step": np.mean(np.array(list(values.values())), axis=0).tolist(),
+                     + ("held-out ANN trajectories (seed 999, never trained on), computed in closed form (the "
+                        "quantised twin, which the step simulation equals)" if args.method == "qat" else
+                        "evenly spread distillation-pool inputs")
+                     + " and the first data images with seeded noise",
     }
+    if values:
+        summary["tsm_mean_per_step"] = np.mean(np.array(list(values.values())), axis=0).tolist()
+    if args.method == "qat":
+        summary["threshold_change"] = {"note": "median new/old threshold ratio per layer kind and side",
+                                       **qat.threshold_changes(thresholds_before, snn)}
     with atomic_folder(args.out, overwrite=True) as staging:
         save_converted(snn, record, staging)
         (staging / "operations.json").write_text(json.dumps(operations_report(snn), indent=2))
-        (staging / "tsm.json").write_text(json.dumps({"timesteps": snn.timesteps, "mean": summary["tsm_mean_per_step"],
-                                                      "sites": values}, indent=2))
-        plot_tsm(values, staging / "tsm.png")
+        if values:
+            (staging / "tsm.json").write_text(json.dumps({"timesteps": snn.timesteps, "mean": summary["tsm_mean_per_step"],
+                                                          "sites": values}, indent=2))
+            plot_tsm(values, staging / "tsm.png")
         write_loss_log(trainer.losses, LOSS_COLUMNS, staging / "loss_log.csv")
         (staging / "finetune.json").write_text(json.dumps(summary, indent=2))
         save_checkpoint(final_state, staging / CHECKPOINT, FinetuneError)
@@ -511,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     before, after = summary["loss_before"], summary["loss_after"]
     per_step = summary["seconds_per_step"]
-    print(f"wrote {summary['out']}: {summary['steps']} steps ({args.train}), loss {before['loss']:.5g} -> {after['loss']:.5g}"
+    print(f"wrote {summary['out']}: {summary['steps']} steps ({label(args)}), loss {before['loss']:.5g} -> {after['loss']:.5g}"
           + (f", {per_step:.3f} s/step on {summary['device']}" if per_step else ""))
     return 0
 

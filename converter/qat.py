@@ -31,7 +31,7 @@ from torch.nn.utils import parametrize
 
 from sdm.converter.layers import SpikingActivation
 from sdm.converter.simulation import closed_form_obstacle
-from sdm.converter.tsm import THRESHOLD_NAMES, clamp_thresholds_, freeze, has_tsm, make_parameters
+from sdm.converter.tsm import THRESHOLD_NAMES, freeze, has_tsm, make_parameters
 from sdm.core.errors import SdmError
 
 if TYPE_CHECKING:
@@ -150,9 +150,14 @@ def prepare(snn: "SpikingUNet2DModel", weights: str = "none", rank: int = 4, see
     return [(name, p) for name, p in snn.named_parameters() if p.requires_grad]
 
 
-def project_(snn: "SpikingUNet2DModel") -> None:
-    """After each optimiser step: thresholds back to >= MIN_THRESHOLD (they are step sizes)."""
-    clamp_thresholds_(snn)
+QUANTISER_NAMES = THRESHOLD_NAMES + ("output_shift",)
+
+
+def parameter_groups(named: list[tuple[str, nn.Parameter]], lr: float, weight_lr: float) -> list[dict]:
+    """Adam groups: the quantisers' values (thresholds, bias corrections) at `lr`, weights or adapters at `weight_lr`."""
+    quantisers = [p for name, p in named if name.endswith(QUANTISER_NAMES)]
+    weights = [p for name, p in named if not name.endswith(QUANTISER_NAMES)]
+    return [{"params": quantisers, "lr": lr}] + ([{"params": weights, "lr": weight_lr}] if weights else [])
 
 
 def finish(snn: "SpikingUNet2DModel") -> None:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from sdm.converter import qat
 from sdm.converter.convert import convert
 from sdm.converter.policy import ConversionPolicy
-from sdm.converter.tsm import enable_tsm, make_parameters
+from sdm.converter.tsm import clamp_thresholds_, enable_tsm, make_parameters
 
 X = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
 TIMES = torch.tensor([900, 600, 300, 20])
@@ -36,7 +36,7 @@ def train(snn, source, weights, steps=12, lr=0.02):
         optimizer.zero_grad()
         F.mse_loss(snn(X, TIMES).sample, target).backward()
         optimizer.step()
-        qat.project_(snn)
+        clamp_thresholds_(snn)
     return named
 
 
@@ -99,7 +99,7 @@ def test_thresholds_stay_positive_under_a_push_to_zero(tiny_source, tiny_record)
         optimizer.zero_grad()
         sum(p.sum() for n, p in named if "threshold" in n).backward()
         optimizer.step()
-        qat.project_(snn)
+        clamp_thresholds_(snn)
     values = torch.cat([p.detach() for n, p in named if "threshold" in n])
     assert float(values.min()) > 0
 
