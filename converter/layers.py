@@ -158,12 +158,12 @@ class SpikingActivation(TimeFolded):
         """The exact neuron's input, [T, B, ...]: t * g_t, or with TSM the running sum of p[t] times
         the increments."""
         if self.tsm is not None:
-            return self.drive_sequence(current).cumsum(dim=0)
+            return _cumsum(self.drive_sequence(current))
         seq = current.unflatten(0, (self.timesteps, -1))
         t = _time_index(self.timesteps, seq)
         if not _functional():
             return self.drive(_running_mean(seq, t).flatten(0, 1)).unflatten(0, (self.timesteps, -1)).mul_(t)
-        return self.drive((seq.cumsum(dim=0) / t).flatten(0, 1)).unflatten(0, (self.timesteps, -1)) * t
+        return self.drive((_cumsum(seq) / t).flatten(0, 1)).unflatten(0, (self.timesteps, -1)) * t
 
     def decision_distance(self, current: torch.Tensor) -> torch.Tensor:
         """Exact neurons: per step [T, B, ...], how far (in thresholds) each side's count argument

@@ -4,7 +4,7 @@
 "closed-form" runs the model's quantised twin: every site replaced by its ideal quantiser on its
 time-averaged input, GroupNorm, SiLU and attention evaluated once on the time average, one pass
 of B rows per UNet call (the ANN's cost). With exact neurons and no TSM the two agree on every
-neuron's count, up to float ties (eval/equivalence.py measures it). A TSM model (p[t] not all 1)
+neuron's count, up to float ties (converter/equivalence.py measures it). A TSM model (p[t] not all 1)
 and per-step attention ("instant") have no closed form: the time average of their outputs is not
 a function of the time-averaged input.
 """
@@ -35,11 +35,21 @@ def check_choice(mode: str, choices: tuple[str, ...] = CHOICES) -> str:
     return mode
 
 
+INSTANT_ATTENTION = "per-step attention (--attention instant) has no closed form: simulate it with steps"
+
+
+def check_policy(mode: str, attention: str) -> None:
+    """Refuse before any work a simulation the policy's model cannot have (TSM is checked on the model)."""
+    check_choice(mode)
+    if mode != "steps" and attention == "instant":
+        raise SimulationError(INSTANT_ATTENTION)
+
+
 def closed_form_obstacle(snn: "SpikingUNet2DModel") -> str | None:
     """Why `snn` has no closed form, or None when it has one."""
     for module in snn.modules():
         if isinstance(module, SpikingActivation) and module.tsm is not None and not bool(torch.all(module.tsm == 1)):
             return f"a TSM model (p[t] not all 1, site {module.site}) has no closed form: simulate it with steps"
         if isinstance(module, SpikingAttention) and module.mode == "instant":
-            return "per-step attention (--attention instant) has no closed form: simulate it with steps"
+            return INSTANT_ATTENTION
     return None

@@ -12,6 +12,7 @@ implies before they appear: folders 0o777 & ~umask, files 0o666 & ~umask.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -54,6 +55,11 @@ def apply_umask(path: Path, executable: bool = False) -> None:
         os.chmod(path, file_mode)
 
 
+def _hidden_name(target: Path, suffix: str = "") -> Path:
+    """A fresh hidden name beside `target` for its temporary (random, so concurrent runs never meet)."""
+    return target.parent / f".{target.name}.{secrets.token_hex(6)}{suffix}"
+
+
 def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
@@ -90,13 +96,15 @@ def atomic_folder(target: Path, overwrite: bool = False, error: type[SdmError] =
     finishes; on any exception, Ctrl-C or SIGTERM the staging folder is removed."""
     target = Path(target)
     ensure_free_target(target, overwrite, error)
+    staging: Path | None = _hidden_name(target)
     with signals_as_exceptions():
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        except OSError as exc:
-            raise error(f"cannot write output folder {target}: {_reason(exc)}") from None
-        try:
+            try:  # created inside the `try` whose `finally` removes it: no signal can fall in between
+                target.parent.mkdir(parents=True, exist_ok=True)
+                staging.mkdir(mode=0o700)
+            except OSError as exc:
+                staging = None  # not created (or, if the random name existed, not ours)
+                raise error(f"cannot write output folder {target}: {_reason(exc)}") from None
             yield staging
             try:
                 apply_umask(staging)
@@ -106,7 +114,7 @@ def atomic_folder(target: Path, overwrite: bool = False, error: type[SdmError] =
             except OSError as exc:
                 raise error(f"cannot write output folder {target}: {_reason(exc)}") from None
         finally:
-            if staging.exists():
+            if staging is not None and staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -119,16 +127,16 @@ def atomic_file(path: Path, error: type[SdmError] = OutputError, executable: boo
     path = Path(path)
     if path.is_dir():
         raise error(f"output path is a folder, not a file: {path}")
+    temporary: Path | None = _hidden_name(path, ".tmp")
     with signals_as_exceptions():
         try:
-            if parents:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            os.close(handle)
-        except OSError as exc:
-            raise error(f"cannot write {path}: {_reason(exc)}") from None
-        temporary = Path(name)
-        try:
+            try:  # created inside the `try` whose `finally` removes it
+                if parents:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except OSError as exc:
+                temporary = None
+                raise error(f"cannot write {path}: {_reason(exc)}") from None
             yield temporary
             with open(temporary, "rb") as written:
                 os.fsync(written.fileno())  # on disk before the rename makes it the file
@@ -137,7 +145,8 @@ def atomic_file(path: Path, error: type[SdmError] = OutputError, executable: boo
         except OSError as exc:
             raise error(f"cannot write {path}: {_reason(exc)}") from None
         finally:
-            temporary.unlink(missing_ok=True)
+            if temporary is not None:
+                temporary.unlink(missing_ok=True)
 
 
 def write_bytes(path: Path, data: bytes, error: type[SdmError] = OutputError) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sdm.converter.allocator import retain_freed_memory
 from sdm.converter.export import check_same_source, load_converted
+from sdm.converter.simulation import check_choice
 from sdm.eval import distributed
 from sdm.eval.images import save_grid_rows, save_npz_images, to_uint8
 from sdm.eval.paired import PairedSettings, measure_snn, sample_ann
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(p, num_samples=16, steps=20, batch_size=16)
     p.add_argument("--fid-ref", type=Path, default=None, help="reference Inception statistics (.npz from eval.reference_stats)")
     p.add_argument("--fid", action="store_true", help="compute FID between ANN and SNN samples even without --fid-ref")
+    p.add_argument("--simulation", default="steps", help="steps (default), closed-form (the quantised twin, ANN cost, "
+                   "no spikes counted) or both (steps plus closed form and their agreement in report.json)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     f = sub.add_parser("ann-fid", help="sample one ANN and measure its FID against reference statistics")
@@ -94,6 +97,7 @@ def ann_vs_snn(args: argparse.Namespace) -> dict:
     ensure_free_target(args.out, args.overwrite)
     source = load_source_model(args.ann)
     source.unet.to(device)
+    check_choice(args.simulation)
     labels = _labels(args.snn)
     snns = {}
     for label, folder in zip(labels, args.snn):
@@ -108,7 +112,7 @@ def ann_vs_snn(args: argparse.Namespace) -> dict:
     settings = PairedSettings(args.num_samples, args.steps, args.seed, args.sampler, args.batch_size, device, args.tf32)
     noise, ann_run = sample_ann(source, settings)
     ann_images = to_uint8(ann_run.samples)
-    runs = [measure_snn(snn, source, noise, ann_run, settings, label) for label, snn in snns.items()]
+    runs = [measure_snn(snn, source, noise, ann_run, settings, label, args.simulation) for label, snn in snns.items()]
     if not distributed.is_writer():
         return None
     fid = FidContext(ann_images, reference, str(device)) if args.fid or reference is not None else None
@@ -179,9 +183,16 @@ def _run(args: argparse.Namespace) -> int:
     for run in report["runs"]:
         fid = run["fid"]
         fid_text = f", FID SNN vs ANN {fid['snn_vs_ann']:.2f}" if fid["snn_vs_ann"] is not None else ""
-        print(f"{run['label']}: T={run['timesteps']} PSNR {run['paired']['psnr_db']:.2f} dB, eps rel. L2 "
-              f"{run['paired']['eps_rel_l2']:.4f}, spike rate {run['spike_rate']['mean']:.3f}, energy SNN/ANN "
-              f"{run['energy']['snn_over_ann']:.3f}, time SNN/ANN {run['time']['snn_over_ann']:.2f}{fid_text}")
+        spikes = "" if run["spike_rate"]["mean"] is None else (
+            f", spike rate {run['spike_rate']['mean']:.3f}, energy SNN/ANN {run['energy']['snn_over_ann']:.3f}")
+        print(f"{run['label']}: T={run['timesteps']} ({run['simulation']}) PSNR {run['paired']['psnr_db']:.2f} dB, "
+              f"eps rel. L2 {run['paired']['eps_rel_l2']:.4f}{spikes}, time SNN/ANN {run['time']['snn_over_ann']:.2f}"
+              f"{fid_text}")
+        if "equivalence" in run:
+            eq = run["equivalence"]
+            print(f"  equivalence: counts differ {eq['count_differs_fraction']:.2e} (ties {eq['count_differs_ties_fraction']:.2e}), "
+                  f"closed-form PSNR {run['closed_form']['paired']['psnr_db']:.2f} dB, largest eps rel. difference "
+                  f"{eq['largest_eps_relative_difference']:.2e}, closed-form/steps time {eq['closed_form_over_steps_time']:.3f}")
     print(f"wrote {args.out}")
     return 0
 

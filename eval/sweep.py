@@ -21,6 +21,7 @@ from sdm.converter.allocator import retain_freed_memory
 from sdm.core.devices import resolve_device
 from sdm.converter.convert import convert
 from sdm.converter.policy import THRESHOLD_METHODS, ConversionPolicy
+from sdm.converter.simulation import check_choice
 from sdm.eval.paired import PairedSettings, measure_snn, sample_ann
 from sdm.eval.plots import plot_metric_curves
 from sdm.eval.sampling import add_sampling_arguments
@@ -30,7 +31,8 @@ from sdm.core.atomic import atomic_folder, ensure_free_target
 from sdm.core.errors import SdmError, run_reporting_errors
 
 COLUMNS = ["method", "percentile", "timesteps", "threshold_scale", "psnr_db", "eps_rel_l2", "eps_cosine",
-           "spike_rate", "energy_snn_over_ann", "time_snn_over_ann"]
+           "spike_rate", "energy_snn_over_ann", "time_snn_over_ann", "simulation", "closed_form_psnr_db",
+           "count_differs_fraction"]
 
 
 def _floats(text: str) -> list[float]:
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--percentiles", default="99.9", help="comma list, used with the percentile method (default 99.9)")
     p.add_argument("--timesteps", default="4", help="comma list of T (default 4)")
     p.add_argument("--scales", default="1.0", help="comma list of threshold scales (TG; default 1.0)")
+    p.add_argument("--simulation", default="steps", help="steps (default), closed-form (quantised twin, ANN cost) or both")
     p.add_argument("--policy", default="{}", help='other conversion options as JSON, e.g. \'{"negative_lobe": "relu"}\'')
     add_sampling_arguments(p, num_samples=8, steps=20, batch_size=16)
     p.add_argument("--out", type=Path, required=True)
@@ -79,6 +82,7 @@ def sweep(args: argparse.Namespace) -> list[dict]:
         extra = json.loads(args.policy)
     except json.JSONDecodeError as exc:
         raise SdmError(f"--policy is not JSON: {exc}") from None
+    check_choice(args.simulation)
     combos = grid(args)
     for method, percentile, t, scale in combos:  # validate every policy before any work
         ConversionPolicy.from_dict({**extra, "threshold_method": method, "percentile": percentile, "timesteps": t,
@@ -100,12 +104,16 @@ def sweep(args: argparse.Namespace) -> list[dict]:
             converted = {key: convert(source, record, policy, device)}  # keep one model in memory
         snn = converted[key]
         snn.set_threshold_scale(scale)
-        run = measure_snn(snn, source, noise, ann_run, settings, f"{method}-p{percentile}-T{t}-s{scale}")
+        run = measure_snn(snn, source, noise, ann_run, settings, f"{method}-p{percentile}-T{t}-s{scale}",
+                          args.simulation)
+        both = run.get("equivalence")
         rows.append({
             "method": method, "percentile": percentile if method == "percentile" else None, "timesteps": t,
             "threshold_scale": scale, "psnr_db": run["paired"]["psnr_db"], "eps_rel_l2": run["paired"]["eps_rel_l2"],
             "eps_cosine": run["paired"]["eps_cosine"], "spike_rate": run["spike_rate"]["mean"],
             "energy_snn_over_ann": run["energy"]["snn_over_ann"], "time_snn_over_ann": run["time"]["snn_over_ann"],
+            "simulation": args.simulation, "closed_form_psnr_db": run["closed_form"]["paired"]["psnr_db"] if both else None,
+            "count_differs_fraction": both["count_differs_fraction"] if both else None,
         })
     with atomic_folder(args.out, overwrite=args.overwrite) as staging:
         _write(rows, staging, args)

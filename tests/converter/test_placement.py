@@ -22,7 +22,8 @@ from sdm.converter.tsm import enable_tsm, set_trainable
 from tests.conftest import make_tiny_unet
 
 META = torch.device("meta")
-POLICIES = [ConversionPolicy(timesteps=3), ConversionPolicy(timesteps=2, negative_lobe="relu", norm="frozen"),
+POLICIES = [ConversionPolicy(timesteps=3), ConversionPolicy(timesteps=3, neuron="single-spike"),
+            ConversionPolicy(timesteps=2, negative_lobe="relu", norm="frozen"),
             ConversionPolicy(timesteps=2, input_encoding="spikes", attention="instant")]
 
 

@@ -27,6 +27,8 @@ from sdm.converter.layers import SpikingActivation
 from sdm.converter.model import SpikingUNet2DModel
 
 TIE_TOLERANCE = 1e-3  # in levels: a differing count is a tie if its quantiser argument is this close to a step
+PROBE_CALLS = 4  # sampler calls of the first batch whose inputs the probe replays
+PROBE_INPUTS = 4  # inputs per probed call (one pass of T * 4 rows)
 
 
 @dataclass
@@ -154,6 +156,11 @@ def equivalence_section(snn: SpikingUNet2DModel, inputs: list[tuple[torch.Tensor
     }
 
 
+def probe_calls(steps: int) -> set[int]:
+    """PROBE_CALLS sampler calls spread over a trajectory of `steps` (the first batch's)."""
+    return {round(k * (steps - 1) / max(PROBE_CALLS - 1, 1)) for k in range(PROBE_CALLS)}
+
+
 class ProbeRecorder:
     """Wraps a sampler's eps function and keeps the inputs of chosen calls (for the probe)."""
 
@@ -163,6 +170,36 @@ class ProbeRecorder:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.count in self.calls:
-            self.inputs.append((x.clone(), torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0]).clone()))
+            x_probe = x[:PROBE_INPUTS].clone()
+            self.inputs.append((x_probe, torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])[:PROBE_INPUTS].clone()))
         self.count += 1
         return self.eps_function(x, t)
+
+
+def record_inputs_at(record_inputs: torch.Tensor, record_timesteps: torch.Tensor, timestep: int,
+                     count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to `count` recorded x_t whose diffusion timestep is `timestep` (refused if none)."""
+    chosen = (record_timesteps == timestep).nonzero().flatten()[:count]
+    if len(chosen) == 0:
+        available = sorted({int(v) for v in record_timesteps.tolist()})
+        raise ValueError(f"the calibration record holds no inputs at t = {timestep} (it has {available})")
+    return record_inputs[chosen], record_timesteps[chosen]
+
+
+def neuron_table(models: dict[str, SpikingUNet2DModel], probes: list[tuple[torch.Tensor, torch.Tensor]]) -> list[dict]:
+    """One row per model: the equivalence tally over `probes` (pinned and free-running), plus the
+    spikes per neuron and UNet call that the step simulation emitted."""
+    rows = []
+    for label, snn in models.items():
+        total = Tally()
+        snn.set_monitor(True)
+        try:
+            for x, t in probes:
+                total.add(compare_simulations(snn, x, t)["tally"])
+            spikes = sum(n.spike_count for n in snn.neurons().values())
+        finally:
+            snn.set_monitor(False)
+        rows.append({"model": label, "timesteps": snn.timesteps, "neuron": snn.policy.neuron,
+                     "max_payload": snn.policy.max_payload, "spikes_per_neuron": spikes / max(total.neurons, 1),
+                     **total.summary()})
+    return rows

@@ -5,7 +5,7 @@ import torch
 
 from sdm.converter.convert import convert
 from sdm.converter.policy import ConversionPolicy
-from sdm.eval.equivalence import ProbeRecorder, compare_simulations, equivalence_section
+from sdm.converter.equivalence import ProbeRecorder, compare_simulations, equivalence_section
 
 
 @pytest.mark.parametrize("policy", [ConversionPolicy(timesteps=1), ConversionPolicy(timesteps=2, threshold_scale=0.9),
@@ -42,3 +42,17 @@ def test_report_section_from_probe_inputs(tiny_source, tiny_record):
     assert section["pinned_count_differs_fraction"] == 0.0
     assert section["count_differs_fraction"] == section["count_differs_ties_fraction"]  # float32: ties only, if any
     assert section["largest_eps_relative_difference"] < 1e-3 and section["closed_form_over_steps_time"] == 0.3
+
+
+def test_neuron_table_rows_on_recorded_inputs(tiny_source, tiny_record):
+    from sdm.converter.equivalence import neuron_table, record_inputs_at
+
+    t = int(tiny_record.input_timesteps[0])
+    probes = [record_inputs_at(tiny_record.inputs, tiny_record.input_timesteps, t, 2)]
+    models = {name: convert(tiny_source, tiny_record, ConversionPolicy(timesteps=8, neuron=name))
+              for name in ("single-spike", "exact")}
+    old, new = neuron_table(models, probes)
+    assert new["pinned_count_differs_fraction"] == 0.0 and old["pinned_count_differs_fraction"] > 0
+    assert new["spikes_per_neuron"] > 0 and old["spikes_per_neuron"] > 0
+    with pytest.raises(ValueError, match="no inputs at t = 12345"):
+        record_inputs_at(tiny_record.inputs, tiny_record.input_timesteps, 12345, 2)
