@@ -581,7 +581,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      + ("held-out ANN trajectories (seed 999, never trained on), computed in closed form (the "
                         "quantised twin, which the step simulation equals)" if args.method == "qat" else
                         "evenly spread distillation-pool inputs")
-                     + " and the first data images with seeded noise",
+                     + (" and the first data images with seeded noise" if args.data_weight > 0 else ""),
     }
     if values:
         summary["tsm_mean_per_step"] = np.mean(np.array(list(values.values())), axis=0).tolist()
