@@ -574,6 +574,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "seconds_per_step": sum(step_times) / len(step_times) if step_times else None,
         "seconds_per_step_after_first": (sum(step_times[1:]) / (len(step_times) - 1)) if len(step_times) > 1 else None,
+        "seconds_per_step_all_runs": trainer.seconds / trainer.step if trainer.step else None,
         "distillation_inputs": len(pool),
         "loss_before": loss_before,
         "loss_after": loss_after,
