@@ -7,7 +7,6 @@ name and its path in the model, never silently left analog.
 
 from __future__ import annotations
 
-import copy
 from typing import Callable
 
 from diffusers import UNet2DModel
@@ -23,6 +22,7 @@ from diffusers.models.unets.unet_2d_blocks import (
 )
 from torch import nn
 
+from sdm.calibration.sites import OUTPUT_SITE, RESNET_SITE_NORMS, site_name
 from sdm.converter.layers import (
     ConstantOverTime,
     FrozenGroupNorm,
@@ -96,8 +96,8 @@ def _convert_resnet(block: ResnetBlock2D, path: str, policy: ConversionPolicy) -
         raise UnsupportedModuleError(
             f"unsupported ResnetBlock2D time_embedding_norm={block.time_embedding_norm!r} at {path}"
         )
-    site1 = _site(f"{path}.norm1", block.norm1, block.nonlinearity, policy)
-    site2 = _site(f"{path}.norm2", block.norm2, block.nonlinearity, policy)
+    site1, site2 = (_site(site_name(path, norm), getattr(block, norm), block.nonlinearity, policy)
+                    for norm in RESNET_SITE_NORMS)
     return SpikingResnetBlock2D(block, site1, site2)
 
 
@@ -143,7 +143,7 @@ def convert_unet_modules(unet: UNet2DModel, policy: ConversionPolicy) -> UNet2DM
         raise UnsupportedModuleError("unsupported class-conditional UNet2DModel (class_embedding)")
     if unet.conv_norm_out is None:
         raise UnsupportedModuleError("unsupported UNet2DModel without conv_norm_out")
-    unet.conv_norm_out = _site("conv_norm_out", unet.conv_norm_out, unet.conv_act, policy)
+    unet.conv_norm_out = _site(OUTPUT_SITE, unet.conv_norm_out, unet.conv_act, policy)
     unet.conv_act = nn.Identity()
     if policy.input_encoding == "spikes":
         unet.conv_in = _encode_input(unet.conv_in, policy)
@@ -153,7 +153,3 @@ def convert_unet_modules(unet: UNet2DModel, policy: ConversionPolicy) -> UNet2DM
     _convert_children(unet, "", policy, done=frozenset({"conv_norm_out", "conv_act", "conv_in", "time_embedding"}))
     return unet
 
-
-def check_convertible(unet: UNet2DModel, policy: ConversionPolicy) -> None:
-    """Raise UnsupportedModuleError now, before any expensive calibration, if `unet` cannot convert."""
-    convert_unet_modules(copy.deepcopy(unet), policy)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from torch import nn
 
 from sdm.converter.layers import SpikingAttention, SpikingResnetBlock2D
+from sdm.calibration.sites import OUTPUT_SITE
 from sdm.converter.mapping import INPUT_SITE
 from sdm.converter.model import SpikingUNet2DModel
 
@@ -23,7 +24,7 @@ SPIKE_DRIVEN, ANALOG_PER_STEP, ANALOG_ONCE = "spike-driven", "analog-per-step", 
 
 def classify_layers(snn: SpikingUNet2DModel) -> dict[str, tuple[str, str | None]]:
     """Map each Conv2d/Linear path (relative to `snn.unet`) to (kind, feeding site or None)."""
-    kinds: dict[str, tuple[str, str | None]] = {"conv_out": (SPIKE_DRIVEN, "conv_norm_out")}
+    kinds: dict[str, tuple[str, str | None]] = {"conv_out": (SPIKE_DRIVEN, OUTPUT_SITE)}
     unet = snn.unet
     for path, module in unet.named_modules():
         if isinstance(module, SpikingResnetBlock2D):

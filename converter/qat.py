@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from sdm.converter.finetune_settings import QAT_WEIGHTS
 from sdm.converter.layers import SpikingActivation
 from sdm.converter.simulation import closed_form_obstacle
 from sdm.converter.tsm import THRESHOLD_NAMES, freeze, has_tsm, make_parameters
@@ -36,9 +37,6 @@ from sdm.core.errors import SdmError
 
 if TYPE_CHECKING:
     from sdm.converter.model import SpikingUNet2DModel
-
-QAT_WEIGHTS = ("none", "lora", "all")
-
 
 class QatError(SdmError):
     """A model QAT cannot train: no quantised twin that its step simulation equals."""

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sdm.converter import finetune
+from sdm.cli.finetune import main as finetune_main
 
 VARIANTS = {
     "tsm --train thresholds": ["--method", "tsm", "--train", "thresholds"],
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.rounds):
             for name, options in VARIANTS.items():
                 out = Path(scratch) / f"{round_}-{len(times[name])}-{name.replace(' ', '_')}"
-                code = finetune.main(["--snn", str(args.snn), "--out", str(out), "--steps", str(args.steps),
+                code = finetune_main(["--snn", str(args.snn), "--out", str(out), "--steps", str(args.steps),
                                       "--batch-size", str(args.batch_size), "--checkpoint-every", "0",
                                       "--pool", "trajectories", "--trajectories", "2", "--trajectory-steps", "2",
                                       "--refresh-every", "0", "--eval-size", "2", *options])

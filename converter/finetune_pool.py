@@ -1,0 +1,118 @@
+"""The inputs fine-tuning learns from: distillation x_t with the ANN's predictions, and real images.
+
+The pool holds x_t the source ANN visits along its own DDIM trajectories (the calibration
+record's stored inputs and/or fresh trajectories from seeded noise), with the ANN's targets
+computed once up front on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sdm.calibration.record import CalibrationRecord
+from sdm.converter.finetune_settings import FinetuneError, FinetuneSettings
+from sdm.converter.model import SpikingUNet2DModel
+from sdm.core.diffusion import as_eps_function, initial_noise, run_trajectory, sample_shape, trajectory_length
+from sdm.core.image_data import ImageSource
+from sdm.pretrained.loading import SourceModel
+
+TRAJECTORY_SEED_OFFSET = 1000  # fresh trajectories start away from the noise seeds evaluations use (0, 1, ...)
+GENERATION_SEED_STRIDE = 7919  # generation g of fresh trajectories: seed 1000 + --seed + g * stride
+HELD_OUT_SEED = 999  # QAT's fixed held-out distillation inputs: trajectories no generation trains on
+TARGET_CHUNK = 16
+
+
+@dataclass
+class Pool:
+    """Distillation inputs x_t, their diffusion timesteps and the ANN's predictions on them (CPU)."""
+
+    x: torch.Tensor
+    t: torch.Tensor
+    target: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @classmethod
+    def empty(cls) -> "Pool":
+        return cls(torch.zeros(0), torch.zeros(0), torch.zeros(0))
+
+
+@torch.no_grad()
+def ann_targets(ann: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    outs = [ann(xc.to(device), tc.to(device)).sample.float().cpu() for xc, tc in zip(x.split(TARGET_CHUNK), t.split(TARGET_CHUNK))]
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def ann_trajectories(source: SourceModel, count: int, steps: int, seed: int, device: torch.device) -> Pool:
+    """x_t along the ANN's DDIM (eta 0) trajectories from seeded Gaussian noise, with eps on each."""
+    noise = initial_noise(count, sample_shape(source.unet), seed)
+    xs, ts, targets = [], [], []
+    progress = tqdm(total=math.ceil(count / TARGET_CHUNK) * trajectory_length("ddim", source.scheduler_config, steps),
+                    desc="ANN trajectories", unit="eval")
+
+    def observe(step: int, t: torch.Tensor, x: torch.Tensor, eps: torch.Tensor) -> None:
+        xs.append(x.cpu())
+        ts.append(torch.full((x.shape[0],), int(t), dtype=torch.long))
+        targets.append(eps.float().cpu())
+        progress.update()
+
+    for chunk in noise.split(TARGET_CHUNK):
+        run_trajectory(as_eps_function(source.unet), chunk.to(device), "ddim", source.scheduler_config, steps,
+                       observe=observe)
+    progress.close()
+    return Pool(torch.cat(xs), torch.cat(ts), torch.cat(targets))
+
+
+def build_pool(settings: FinetuneSettings, source: SourceModel, record: CalibrationRecord | None,
+               device: torch.device) -> Pool:
+    parts = []
+    if settings.pool in ("record", "both"):
+        if record is None or record.inputs is None:
+            raise FinetuneError(f"{settings.snn} has no calibration inputs stored in its record; use --pool trajectories")
+        x, t = record.inputs.float(), record.input_timesteps.long()
+        parts.append(Pool(x, t, ann_targets(source.unet, x, t, device)))
+    if settings.pool in ("trajectories", "both"):
+        parts.append(ann_trajectories(source, settings.trajectories, settings.trajectory_steps,
+                                      trajectory_seed(settings.seed, 0), device))
+    return Pool(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x", "t", "target")))
+
+
+def trajectory_seed(seed: int, generation: int) -> int:
+    """The noise seed of generation `generation` of fresh trajectories (0: the first pool's)."""
+    return TRAJECTORY_SEED_OFFSET + seed + generation * GENERATION_SEED_STRIDE
+
+
+def refresh_pool(pool: Pool, settings: FinetuneSettings, source: SourceModel, device: torch.device,
+                 generation: int) -> Pool:
+    """`pool` with its trajectory part (always last) replaced by generation `generation`'s fresh
+    trajectories: a function of (seed, generation) only, so a resumed run rebuilds the same pool."""
+    source.unet.to(device)
+    fresh = ann_trajectories(source, settings.trajectories, settings.trajectory_steps,
+                             trajectory_seed(settings.seed, generation), device)
+    source.unet.to("cpu")
+    keep = len(pool) - len(fresh)
+    return Pool(*(torch.cat([getattr(pool, f)[:keep], getattr(fresh, f)]) for f in ("x", "t", "target")))
+
+
+def held_out_inputs(settings: FinetuneSettings, source: SourceModel, device: torch.device) -> Pool:
+    """Fixed held-out distillation inputs (QAT's before/after losses): --eval-size x_t spread evenly
+    over ANN trajectories from a seed that no training generation uses."""
+    count = max(1, math.ceil(settings.eval_size / settings.trajectory_steps))
+    pool = ann_trajectories(source, count, settings.trajectory_steps, HELD_OUT_SEED, device)
+    index = torch.linspace(0, len(pool) - 1, min(settings.eval_size, len(pool))).round().long().unique()
+    return Pool(pool.x[index], pool.t[index], pool.target[index])
+
+
+def load_images(settings: FinetuneSettings, snn: SpikingUNet2DModel) -> torch.Tensor:
+    """Real images for the data loss, as uint8 NCHW at the model's resolution."""
+    if snn.config.in_channels != 3:
+        raise FinetuneError(f"--data needs a 3-channel (RGB) model; this one has {snn.config.in_channels} input channels")
+    images = ImageSource(settings.data, limit=settings.data_limit, resolution=snn.config.sample_size).load()
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
