@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from sdm.cli import finetune as finetune_cli
+from sdm.cli.export import main as export_main
 from sdm.converter import finetune
 from sdm.converter.convert import convert
 from sdm.converter.export import load_converted, save_converted
@@ -66,9 +67,12 @@ def test_qat_lowers_the_held_out_loss_and_writes_a_plain_converted_folder(folder
     assert changed and all(k.endswith(("threshold_pos", "threshold_neg", "output_shift")) for k in changed)  # --weights none
 
 
-def test_qat_folder_steps_equal_its_twin_and_take_tsm_on_top(folders, tuned, tmp_path):
+def test_qat_folder_steps_equal_its_twin_and_take_tsm_and_onnx_on_top(folders, tuned, tmp_path):
     steps, twin = steps_and_twin(load_converted(tuned))
     torch.testing.assert_close(steps, twin, rtol=0, atol=1e-9)
+    out = tmp_path / "snn.onnx"
+    assert export_main(["onnx", "--snn", str(tuned), "--out", str(out), "--ann", str(folders / "ann")]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["snn"]["max_relative_difference"] < 1e-4
     code = finetune_cli.main(["--snn", str(tuned), "--ann", str(folders / "ann"), "--out", str(tmp_path / "tsm"),
                           "--steps", "1", "--batch-size", "2"])
     assert code == 0 and has_tsm(load_converted(tmp_path / "tsm"))
