@@ -1,5 +1,8 @@
-"""Fine-tuning a converted SNN (`sdm-finetune`): learn the TSM factors p[t] (and optionally
-thresholds or all weights) by distillation from the source ANN and/or real images.
+"""Fine-tuning a converted SNN (`sdm-finetune`) by distillation from the source ANN and/or real
+images. `method` "tsm": learn the TSM factors p[t] (and optionally thresholds or all weights) on
+the step simulation; "qat": train the quantised twin in closed form, one pass per step
+(converter/qat.py: LSQ thresholds, bias corrections, optionally weights or merged adapters),
+with fresh ANN trajectories every `refresh_every` steps and held-out before/after losses.
 
 Losses (weights `distill_weight`, `data_weight`):
 - distillation, no data needed: on x_t the source ANN visits along its own DDIM trajectories

@@ -1,9 +1,11 @@
-"""`sdm-finetune`: learn the TSM factors p[t] of a converted SNN (optionally thresholds, or
-everything) by distillation from the source ANN and/or real images; resumable.
+"""`sdm-finetune`: fine-tune a converted SNN by distillation from the source ANN and/or real
+images; resumable. --method tsm (default): learn TSM factors p[t] (optionally thresholds, or
+everything) on the step simulation; --method qat: quantisation-aware training of the quantised
+twin, one UNet pass per step (thresholds, bias corrections, optionally weights).
 
 When training ends, OUT is a converted-model folder (the format of sdm-convert, loadable by
-eval/compare.py and sdm-export) with tsm.json, tsm.png, loss_log.csv, finetune.json and the
-final checkpoint.pt (resume it with a larger --steps to train on).
+eval/compare.py and sdm-export) with loss_log.csv, finetune.json, the final checkpoint.pt (resume
+it with a larger --steps to train on) and, for TSM, tsm.json and tsm.png.
 """
 
 from __future__ import annotations
