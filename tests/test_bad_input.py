@@ -265,6 +265,12 @@ ROWS: list[tuple[str, str, list[str], str, str | None]] = [
     ("finetune-out-is-snn", "sdm-finetune", [*FINETUNE, "--out", "{snn}"], "--out must differ from --snn", None),
     ("finetune-out-unwritable", "sdm-finetune", [*FINETUNE, "--out", UNWRITABLE], "cannot write", None),
     ("finetune-bad-pool", "sdm-finetune", [*FINETUNE, "--pool", "everything"], "invalid choice: 'everything'", None),
+    ("finetune-qat-with-train", "sdm-finetune", [*FINETUNE, "--method", "qat", "--train", "all"], "--train is for --method tsm", None),
+    ("finetune-tsm-with-weights", "sdm-finetune", [*FINETUNE, "--weights", "all"], "--weights is for --method qat", None),
+    ("finetune-qat-rank-0", "sdm-finetune", [*FINETUNE, "--method", "qat", "--rank", "0"], r"--rank must be >= 1", None),
+    ("finetune-qat-weight-lr-0", "sdm-finetune", [*FINETUNE, "--method", "qat", "--weight-lr", "0"], r"--weight-lr must be > 0", None),
+    ("finetune-qat-refresh-record", "sdm-finetune", [*FINETUNE, "--method", "qat", "--pool", "record", "--refresh-every", "5"],
+     "needs --pool trajectories", None),
     ("finetune-device-banana", "sdm-finetune", [*FINETUNE, "--device", "banana"], "unknown device", None),
     # sdm-train
     ("train-zip-without-images", "sdm-train", [*TRAIN, "--data", "{zip_pt}"], "no images", None),
