@@ -90,6 +90,9 @@ class SpikingActivation(nn.Module):
     The dendrite turns the input current into the neuron's drive: for signed neurons, the
     increments of t * clip(act(norm(m_t))); for the ReLU proxy, the increments of t * norm(m_t),
     which a plain IF neuron rectifies. TSM multiplies the drive at step t by a learnable p[t].
+
+    The site emits spikes only: its bias correction `output_shift` is folded into the bias of the
+    layer it feeds (converter/residual.py), so that layer's input is spikes.
     """
 
     def __init__(self, site: str, norm: nn.Module, activation: nn.Module, channels: int, timesteps: int,
@@ -136,8 +139,7 @@ class SpikingActivation(nn.Module):
         else:
             spikes = self.neuron.inference_steps(drive, in_place=True).flatten(0, 1)
         self.neuron.reset()
-        shift = self.output_shift.view(1, -1, *([1] * (spikes.dim() - 2)))
-        return spikes + shift if _functional() else spikes.add_(shift)
+        return spikes
 
 
     def _fused_forward(self, current: torch.Tensor) -> torch.Tensor:
@@ -148,8 +150,9 @@ class SpikingActivation(nn.Module):
         if neuron.signed:
             values = self.activation(values)
         tsm = None if self.tsm is None else self.tsm.detach()
+        no_shift = torch.zeros_like(self.output_shift)  # folded into the consumer's bias instead
         spikes, count = site_kernel.fire(values.contiguous().unflatten(0, (self.timesteps, -1)), neuron,
-                                         self.output_shift, tsm)
+                                         no_shift, tsm)
         if neuron.monitor:
             neuron.spike_count += float(count)
             neuron.neuron_steps += spikes.numel()

@@ -47,7 +47,7 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
         """
         super().__init__()
         source = UNet2DModel(**{k: v for k, v in source_config.items() if not k.startswith("_")})
-        self.policy = ConversionPolicy.from_dict(policy)
+        self.policy = ConversionPolicy.from_saved(policy)
         self.unet = convert_unet_modules(source, self.policy)
         self.set_threshold_scale(self.policy.threshold_scale)
         self.register_to_config(

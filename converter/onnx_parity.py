@@ -44,8 +44,7 @@ def _tie_distance(site: SpikingActivation, current: torch.Tensor, forced: torch.
     """
     steps = site.timesteps
     drive = site.drive_sequence(current)
-    shift = site.output_shift.view(1, -1, *([1] * (forced.dim() - 2)))
-    spikes = (forced - shift).unflatten(0, (steps, -1))
+    spikes = forced.unflatten(0, (steps, -1))  # sites emit spikes only (bias correction folded downstream)
     disagree = disagree.unflatten(0, (steps, -1))
     theta_pos, theta_neg, fire_pos, fire_neg = site.neuron.firing_levels(drive[0])
     v = torch.zeros_like(drive[0])
