@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from sdm.converter.model import SpikingUNet2DModel
-from sdm.eval.energy import count_operations, energy_estimate
+from sdm.eval.energy import ActivityMonitor, count_operations, energy_estimate
 from sdm.eval.images import psnr, to_uint8
 from sdm.eval.sampling import Trajectory, as_eps_function, initial_noise, run_sampler
 from sdm.pretrained.loading import SourceModel
@@ -57,9 +57,10 @@ def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tenso
     """Sample with the SNN from the ANN's noises and compute paired metrics, rates, energy, time."""
     snn.set_monitor(True)
     try:
-        run = run_sampler(as_eps_function(snn), noise, settings.sampler, source.scheduler_config, settings.steps,
-                          settings.seed, settings.batch_size, settings.device,
-                          reference=as_eps_function(source.unet), desc=f"SNN sampling ({label})")
+        with ActivityMonitor(snn) as activity:
+            run = run_sampler(as_eps_function(snn), noise, settings.sampler, source.scheduler_config, settings.steps,
+                              settings.seed, settings.batch_size, settings.device,
+                              reference=as_eps_function(source.unet), desc=f"SNN sampling ({label})")
         rates = {name: n.spike_count / max(n.neuron_steps, 1) for name, n in snn.neurons().items()}
         total_spikes = sum(n.spike_count for n in snn.neurons().values())
         total_steps = sum(n.neuron_steps for n in snn.neurons().values())
@@ -67,7 +68,7 @@ def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tenso
         snn.set_monitor(False)
     ann_images, snn_images = to_uint8(ann_run.samples), to_uint8(run.samples)
     per_image = psnr(ann_images, snn_images)
-    energy = energy_estimate(snn, count_operations(snn), rates)
+    energy = energy_estimate(snn, count_operations(snn), activity, rates)
     ann_eval, snn_eval = ann_run.unet_seconds / ann_run.unet_calls, run.unet_seconds / run.unet_calls
     return {
         "label": label,

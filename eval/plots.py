@@ -39,3 +39,27 @@ def plot_metric_curves(x_label: str, xs: list[float], metrics: dict[str, list[fl
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_pareto(labels: list[str], energy: list[float], quality: list[float], path: Path) -> None:
+    """Energy ratio against PSNR, one labelled point per run; the Pareto front (no run both cheaper
+    and closer to the ANN) joined by a line."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax.scatter(energy, quality, zorder=3)
+    for label, x, y in zip(labels, energy, quality):
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    order = sorted(range(len(energy)), key=lambda i: (energy[i], -quality[i]))
+    front, best = [], float("-inf")
+    for i in order:
+        if quality[i] > best:
+            front.append(i)
+            best = quality[i]
+    ax.plot([energy[i] for i in front], [quality[i] for i in front], linestyle="--", color="tab:red", label="Pareto front")
+    ax.axvline(1.0, color="grey", linewidth=0.8, label="float ANN energy")
+    ax.set_xlabel("energy SNN / float ANN (per UNet evaluation)")
+    ax.set_ylabel("PSNR SNN vs ANN (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,9 +1,11 @@
-"""`python eval/sweep.py`: threshold calibration sweeps on a saved calibration record.
+"""`python eval/sweep.py`: calibration and spiking-level sweeps on a saved calibration record.
 
-Sweeps threshold method x percentile x T x threshold scale (TG). The record supplies every
-statistic, so the ANN never runs for calibration again; it samples once, from the shared noise,
-and is evaluated on the SNN trajectories only to measure the per-step eps error. Writes
-sweep.csv, sweep.md (with the best threshold scale per T), sweep.json and metric plots.
+Sweeps spiking level x threshold method x percentile x T x threshold scale (TG). The record
+supplies every statistic, so the ANN never runs for calibration again; it samples once, from the
+shared noise, and is evaluated on the SNN trajectories only to measure the per-step eps error.
+Writes sweep.csv, sweep.md (with the best threshold scale per T), sweep.json (each run's per-site
+spike rates and energy breakdown too), metric plots, and pareto.png: energy SNN / float ANN
+against PSNR against the ANN, one point per run, the Pareto front drawn.
 """
 
 from __future__ import annotations
@@ -21,16 +23,16 @@ from sdm.converter.allocator import retain_freed_memory
 from sdm.core.devices import resolve_device
 from sdm.converter.convert import convert
 from sdm.converter.export import atomic_folder, ensure_free_target
-from sdm.converter.policy import THRESHOLD_METHODS, ConversionPolicy
+from sdm.converter.policy import SPIKING_LEVELS, THRESHOLD_METHODS, ConversionPolicy
 from sdm.eval.paired import PairedSettings, measure_snn, sample_ann
-from sdm.eval.plots import plot_metric_curves
+from sdm.eval.plots import plot_metric_curves, plot_pareto
 from sdm.eval.sampling import add_sampling_arguments
 from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.zoo import DEFAULT_MODEL
 from sdm.core.errors import SdmError, run_reporting_errors
 
-COLUMNS = ["method", "percentile", "timesteps", "threshold_scale", "psnr_db", "eps_rel_l2", "eps_cosine",
-           "spike_rate", "energy_snn_over_ann", "time_snn_over_ann"]
+COLUMNS = ["spiking", "method", "percentile", "timesteps", "threshold_scale", "psnr_db", "eps_rel_l2", "eps_cosine",
+           "spike_rate", "energy_snn_over_ann", "energy_snn_over_quantised_ann", "time_snn_over_ann"]
 
 
 def _floats(text: str) -> list[float]:
@@ -46,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ann", default=DEFAULT_MODEL, help=f"source ANN (default {DEFAULT_MODEL})")
     p.add_argument("--record", type=Path, required=True, help="folder with calibration.json/.safetensors "
                    "(any sdm-convert output folder)")
+    p.add_argument("--levels", default="hybrid", help=f"comma list of spiking levels: {', '.join(SPIKING_LEVELS)} "
+                   "(default hybrid)")
     p.add_argument("--methods", default="mse", help=f"comma list of {', '.join(THRESHOLD_METHODS)} (default mse)")
     p.add_argument("--percentiles", default="99.9", help="comma list, used with the percentile method (default 99.9)")
     p.add_argument("--timesteps", default="4", help="comma list of T (default 4)")
@@ -57,19 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def grid(args: argparse.Namespace) -> list[tuple[str, float, int, float]]:
-    """(method, percentile, T, scale) combinations; percentiles only multiply the percentile method."""
+def grid(args: argparse.Namespace) -> list[tuple[str, str, float, int, float]]:
+    """(level, method, percentile, T, scale) combinations; percentiles only multiply the percentile method."""
     methods = [m for m in args.methods.split(",") if m.strip()]
+    levels = [v.strip() for v in args.levels.split(",") if v.strip()]
     percentiles, timesteps, scales = _floats(args.percentiles), _ints(args.timesteps), _floats(args.scales)
-    if not methods or not timesteps or not scales or ("percentile" in methods and not percentiles):
-        raise SdmError("sweep grid is empty: give at least one method, T and scale (and percentile for that method)")
+    if not levels or not methods or not timesteps or not scales or ("percentile" in methods and not percentiles):
+        raise SdmError("sweep grid is empty: give at least one level, method, T and scale (and percentile for that "
+                       "method)")
     for scale in scales:
         if scale <= 0:
             raise SdmError(f"threshold scale must be > 0, got {scale}")
     combos = []
-    for method, t in itertools.product(methods, timesteps):
+    for level, method, t in itertools.product(levels, methods, timesteps):
         for percentile in percentiles if method == "percentile" else [percentiles[0] if percentiles else 99.9]:
-            combos.extend((method, percentile, t, s) for s in scales)
+            combos.extend((level, method, percentile, t, s) for s in scales)
     return combos
 
 
@@ -80,9 +86,9 @@ def sweep(args: argparse.Namespace) -> list[dict]:
     except json.JSONDecodeError as exc:
         raise SdmError(f"--policy is not JSON: {exc}") from None
     combos = grid(args)
-    for method, percentile, t, scale in combos:  # validate every policy before any work
-        ConversionPolicy.from_dict({**extra, "threshold_method": method, "percentile": percentile, "timesteps": t,
-                                    "threshold_scale": scale})
+    for level, method, percentile, t, scale in combos:  # validate every policy before any work
+        ConversionPolicy.from_dict({**extra, "spiking": level, "threshold_method": method, "percentile": percentile,
+                                    "timesteps": t, "threshold_scale": scale})
     ensure_free_target(args.out, args.overwrite)
     source = load_source_model(args.ann)
     record = CalibrationRecord.load(args.record)
@@ -92,47 +98,57 @@ def sweep(args: argparse.Namespace) -> list[dict]:
     noise, ann_run = sample_ann(source, settings)
     rows = []
     converted: dict[tuple, object] = {}
-    for method, percentile, t, scale in combos:
-        key = (method, percentile, t)
+    details = []
+    for level, method, percentile, t, scale in combos:
+        key = (level, method, percentile, t)
         if key not in converted:
-            policy = ConversionPolicy.from_dict({**extra, "threshold_method": method, "percentile": percentile,
-                                                 "timesteps": t})
+            policy = ConversionPolicy.from_dict({**extra, "spiking": level, "threshold_method": method,
+                                                 "percentile": percentile, "timesteps": t})
             converted = {key: convert(source, record, policy, device)}  # keep one model in memory
         snn = converted[key]
         snn.set_threshold_scale(scale)
-        run = measure_snn(snn, source, noise, ann_run, settings, f"{method}-p{percentile}-T{t}-s{scale}")
+        run = measure_snn(snn, source, noise, ann_run, settings, f"{level}-{method}-p{percentile}-T{t}-s{scale}")
         rows.append({
-            "method": method, "percentile": percentile if method == "percentile" else None, "timesteps": t,
-            "threshold_scale": scale, "psnr_db": run["paired"]["psnr_db"], "eps_rel_l2": run["paired"]["eps_rel_l2"],
-            "eps_cosine": run["paired"]["eps_cosine"], "spike_rate": run["spike_rate"]["mean"],
-            "energy_snn_over_ann": run["energy"]["snn_over_ann"], "time_snn_over_ann": run["time"]["snn_over_ann"],
+            "spiking": level, "method": method, "percentile": percentile if method == "percentile" else None,
+            "timesteps": t, "threshold_scale": scale, "psnr_db": run["paired"]["psnr_db"],
+            "eps_rel_l2": run["paired"]["eps_rel_l2"], "eps_cosine": run["paired"]["eps_cosine"],
+            "spike_rate": run["spike_rate"]["mean"], "energy_snn_over_ann": run["energy"]["snn_over_ann"],
+            "energy_snn_over_quantised_ann": run["energy"]["snn_over_quantised_ann"],
+            "time_snn_over_ann": run["time"]["snn_over_ann"],
         })
+        details.append({"label": run["label"], "policy": run["policy"], "spike_rate_per_site": run["spike_rate"]["per_site"],
+                        "energy": run["energy"], "psnr_db_per_image": run["paired"]["psnr_db_per_image"]})
     with atomic_folder(args.out, overwrite=args.overwrite) as staging:
-        _write(rows, staging, args)
+        _write(rows, details, staging, args)
     return rows
 
 
-def _write(rows: list[dict], folder: Path, args: argparse.Namespace) -> None:
+def _write(rows: list[dict], details: list[dict], folder: Path, args: argparse.Namespace) -> None:
     with open(folder / "sweep.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     (folder / "sweep.json").write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
-                                                   "rows": rows}, indent=2))
-    lines = [f"# Threshold sweep ({args.num_samples} samples, {args.sampler} {args.steps} steps, seed {args.seed})", "",
+                                                   "rows": rows, "runs": details}, indent=2))
+    plot_pareto([f"{r['spiking']} T={r['timesteps']}" + ("" if r["threshold_scale"] == 1.0 else f" s={r['threshold_scale']}")
+                 for r in rows], [r["energy_snn_over_ann"] for r in rows], [r["psnr_db"] for r in rows],
+                folder / "pareto.png")
+    lines = [f"# Sweep ({args.num_samples} samples, {args.sampler} {args.steps} steps, seed {args.seed})", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     for row in rows:
         lines.append("| " + " | ".join(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in COLUMNS) + " |")
-    lines += ["", "Best threshold scale (PSNR) per T and method:", ""]
-    for (method, percentile, t), group in itertools.groupby(rows, key=lambda r: (r["method"], r["percentile"], r["timesteps"])):
+    lines += ["", "Best threshold scale (PSNR) per level, T and method:", ""]
+    grouping = lambda r: (r["spiking"], r["method"], r["percentile"], r["timesteps"])  # noqa: E731
+    for (level, method, percentile, t), group in itertools.groupby(rows, key=grouping):
         best = max(group, key=lambda r: r["psnr_db"])
-        lines.append(f"- {method}{'' if percentile is None else f' p{percentile}'} T={t}: scale {best['threshold_scale']} "
-                     f"({best['psnr_db']:.2f} dB)")
+        lines.append(f"- {level} {method}{'' if percentile is None else f' p{percentile}'} T={t}: scale "
+                     f"{best['threshold_scale']} ({best['psnr_db']:.2f} dB)")
+    lines += ["", "![energy vs PSNR](pareto.png)"]
     (folder / "sweep.md").write_text("\n".join(lines) + "\n")
     for key, label in (("threshold_scale", "threshold scale"), ("timesteps", "SNN time steps T")):
         values = sorted({r[key] for r in rows})
         if len(values) > 1:
-            others = [c for c in ("method", "percentile", "timesteps", "threshold_scale") if c != key]
+            others = [c for c in ("spiking", "method", "percentile", "timesteps", "threshold_scale") if c != key]
             first = {c: rows[0][c] for c in others}
             series = [next(r for r in rows if r[key] == v and all(r[c] == first[c] for c in others)) for v in values
                       if any(r[key] == v and all(r[c] == first[c] for c in others) for r in rows)]

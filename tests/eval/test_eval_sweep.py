@@ -1,6 +1,7 @@
 """The threshold sweep: a 2x2 grid on a tiny model writes its table and plot; bad grids are refused."""
 
 import csv
+import json
 
 import pytest
 
@@ -30,10 +31,25 @@ def test_two_by_two_sweep_writes_table_and_plot(record_folder, tmp_path):
     assert (out / "sweep_vs_timesteps.png").exists()
 
 
+def test_levels_sweep_writes_pareto_plot_and_per_site_rates(record_folder, tmp_path):
+    out = tmp_path / "levels"
+    argv = ["--ann", str(record_folder / "ann"), "--record", str(record_folder / "snn"), "--levels",
+            "hybrid,residual,full", "--timesteps", "2", "--num-samples", "1", "--steps", "2", "--out", str(out)]
+    assert sweep_main(argv) == 0
+    rows = list(csv.DictReader(open(out / "sweep.csv")))
+    assert [r["spiking"] for r in rows] == ["hybrid", "residual", "full"]
+    energies = [float(r["energy_snn_over_ann"]) for r in rows]
+    assert energies[0] > energies[1] > energies[2]  # each level replaces analog MACs by accumulates
+    runs = json.loads((out / "sweep.json").read_text())["runs"]
+    assert len(runs[2]["spike_rate_per_site"]) > len(runs[1]["spike_rate_per_site"]) > len(runs[0]["spike_rate_per_site"])
+    assert (out / "pareto.png").stat().st_size > 0
+
+
 @pytest.mark.parametrize("extra, expected", [
     (["--timesteps", ""], "sweep grid is empty"),
     (["--methods", "percentile", "--percentiles", "150"], "percentile must be in (0, 100]"),
     (["--scales", "0"], "threshold scale must be > 0"),
+    (["--levels", "hybrid,everything"], "spiking must be one of"),
 ])
 def test_bad_grids_are_refused_before_any_work(record_folder, tmp_path, capsys, extra, expected):
     out = tmp_path / "never"
