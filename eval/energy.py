@@ -99,9 +99,11 @@ def fan_out(conv: nn.Conv2d, height: int, width: int) -> torch.Tensor:
     covered_h = (out_h - 1) * conv.stride[0] - 2 * conv.padding[0] + conv.dilation[0] * (conv.kernel_size[0] - 1) + 1
     covered_w = (out_w - 1) * conv.stride[1] - 2 * conv.padding[1] + conv.dilation[1] * (conv.kernel_size[1] - 1) + 1
     ones = torch.ones(1, 1, out_h, out_w, dtype=torch.float64)
-    counts = F.conv_transpose2d(ones, torch.ones(1, 1, *conv.kernel_size, dtype=torch.float64), stride=conv.stride,
-                                padding=conv.padding, dilation=conv.dilation)[0, 0]
-    return F.pad(counts, (0, width - covered_w, 0, height - covered_h))  # rows/cols the stride skips: no fan-out
+    # output_padding: the last rows/columns the stride leaves over (reached by no tap, or by the taps of the
+    # cropped padding side) so the map has the input's size
+    return F.conv_transpose2d(ones, torch.ones(1, 1, *conv.kernel_size, dtype=torch.float64), stride=conv.stride,
+                              padding=conv.padding, output_padding=(height - covered_h, width - covered_w),
+                              dilation=conv.dilation)[0, 0]
 
 
 @dataclass
