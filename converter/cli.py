@@ -24,6 +24,7 @@ from sdm.converter.policy import (
     INPUT_ENCODINGS,
     NEGATIVE_LOBES,
     NORM_MODES,
+    SPIKING_LEVELS,
     THRESHOLD_METHODS,
     ConversionPolicy,
 )
@@ -85,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="softmax attention on the running mean (default) or on each time step")
     neurons.add_argument("--input-encoding", choices=INPUT_ENCODINGS, default="analog",
                          help="analog: conv_in(x) injected as a current (default); spikes: x encoded by signed IF neurons")
+    neurons.add_argument("--spiking", default=ConversionPolicy.spiking,  # checked by the policy: a one-line error
+                         help=f"{' | '.join(SPIKING_LEVELS)}: how much is spike-driven: hybrid (ResNet convs; residual stream and attention analog), "
+                              "residual (also shortcut / down / up convs and q/k/v), full (also attention's products "
+                              f"and output projection); default {ConversionPolicy.spiking}, see README")
     neurons.add_argument("--membrane-init", type=float, default=0.5,
                          help="initial membrane potential as a fraction of the threshold (default 0.5)")
 
@@ -111,6 +116,7 @@ def policy_from_args(args: argparse.Namespace) -> ConversionPolicy:
         layerwise=args.layerwise,
         matching_inputs=args.matching_inputs,
         threshold_scale=args.threshold_scale,
+        spiking=args.spiking,
     )
 
 

@@ -60,6 +60,23 @@ def test_reuses_a_saved_record(tmp_path, tiny_folder, capsys):
     assert (second / "calibration.json").read_text() == (first / "calibration.json").read_text()
 
 
+def test_spiking_level_is_saved_and_an_older_record_is_refused(tmp_path, tiny_folder, capsys):
+    first = tmp_path / "first"
+    assert main(["--checkpoint", str(tiny_folder), "--out", str(first), *FAST, "--eval-samples", "0",
+                 "--spiking", "full"]) == 0
+    assert json.loads((first / "config.json").read_text())["policy"]["spiking"] == "full"
+    meta = json.loads((first / "calibration.json").read_text())
+    meta["sites"] = {name: act for name, act in meta["sites"].items() if act != "identity"}  # as recorded before
+    (first / "calibration.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    out = tmp_path / "second"
+    assert main(["--checkpoint", str(tiny_folder), "--record", str(first), "--spiking", "residual",
+                 "--eval-samples", "0", "--out", str(out)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("sdm-convert: error:") and "re-run calibration" in errors[0]
+    assert not out.exists()
+
+
 def test_missing_checkpoint(tmp_path, capsys):
     refused(capsys, ["--checkpoint", str(tmp_path / "nope")], tmp_path, "checkpoint not found")
 
@@ -102,6 +119,7 @@ def test_unsupported_module_is_named_with_its_path(tmp_path, capsys):
     (["--device", "banana"], "unknown device"),
     (["--threshold-scale", "0"], "threshold scale must be > 0"),
     (["--percentile", "120"], "percentile must be in (0, 100]"),
+    (["--spiking", "everything"], "spiking must be one of hybrid, residual, full"),
 ])
 def test_bad_options(tmp_path, tiny_folder, capsys, argv, expected):
     refused(capsys, ["--checkpoint", str(tiny_folder), *argv], tmp_path, expected)
