@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         fid_text = f", FID SNN vs ANN {fid['snn_vs_ann']:.2f}" if fid["snn_vs_ann"] is not None else ""
         print(f"{run['label']}: T={run['timesteps']} PSNR {run['paired']['psnr_db']:.2f} dB, eps rel. L2 "
               f"{run['paired']['eps_rel_l2']:.4f}, spike rate {run['spike_rate']['mean']:.3f}, energy SNN/ANN "
-              f"{run['energy']['snn_over_ann']:.3f}, time SNN/ANN {run['time']['snn_over_ann']:.2f}{fid_text}")
+              f"{run['energy']['snn_over_ann']:.3f} (quantised ANN {run['energy']['snn_over_quantised_ann']:.3f}), time SNN/ANN {run['time']['snn_over_ann']:.2f}{fid_text}")
     print(f"wrote {args.out}")
     return 0
 

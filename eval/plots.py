@@ -11,12 +11,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_spike_rates(rates_by_run: dict[str, dict[str, float]], path: Path) -> None:
-    """One bar group per site (execution order), one colour per converted model."""
-    sites = list(next(iter(rates_by_run.values())))
+    """One bar group per site (execution order), one colour per converted model; a model without a
+    site (a lower spiking level) shows no bar there."""
+    sites = list(max(rates_by_run.values(), key=len))
+    sites += [s for rates in rates_by_run.values() for s in rates if s not in sites]
     fig, ax = plt.subplots(figsize=(max(8, 0.25 * len(sites)), 4))
     width = 0.8 / len(rates_by_run)
     for index, (label, rates) in enumerate(rates_by_run.items()):
-        ax.bar([i + index * width for i in range(len(sites))], [rates[s] for s in sites], width=width, label=label)
+        ax.bar([i + index * width for i in range(len(sites))], [rates.get(s, 0.0) for s in sites], width=width,
+               label=label)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(sites))])
     ax.set_xticklabels([s.replace(".resnets.", ".r").replace("_blocks.", "") for s in sites], rotation=90, fontsize=6)
     ax.set_ylabel("spikes per neuron per step")

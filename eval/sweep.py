@@ -25,7 +25,7 @@ from sdm.converter.convert import convert
 from sdm.converter.export import atomic_folder, ensure_free_target
 from sdm.converter.policy import SPIKING_LEVELS, THRESHOLD_METHODS, ConversionPolicy
 from sdm.eval.paired import PairedSettings, measure_snn, sample_ann
-from sdm.eval.plots import plot_metric_curves, plot_pareto
+from sdm.eval.plots import plot_metric_curves, plot_pareto, plot_spike_rates
 from sdm.eval.sampling import add_sampling_arguments
 from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.zoo import DEFAULT_MODEL
@@ -133,6 +133,7 @@ def _write(rows: list[dict], details: list[dict], folder: Path, args: argparse.N
     plot_pareto([f"{r['spiking']} T={r['timesteps']}" + ("" if r["threshold_scale"] == 1.0 else f" s={r['threshold_scale']}")
                  for r in rows], [r["energy_snn_over_ann"] for r in rows], [r["psnr_db"] for r in rows],
                 folder / "pareto.png")
+    plot_spike_rates({run["label"]: run["spike_rate_per_site"] for run in details}, folder / "spike_rates.png")
     lines = [f"# Sweep ({args.num_samples} samples, {args.sampler} {args.steps} steps, seed {args.seed})", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     for row in rows:
@@ -143,7 +144,7 @@ def _write(rows: list[dict], details: list[dict], folder: Path, args: argparse.N
         best = max(group, key=lambda r: r["psnr_db"])
         lines.append(f"- {level} {method}{'' if percentile is None else f' p{percentile}'} T={t}: scale "
                      f"{best['threshold_scale']} ({best['psnr_db']:.2f} dB)")
-    lines += ["", "![energy vs PSNR](pareto.png)"]
+    lines += ["", "![energy vs PSNR](pareto.png)", "", "![spike rate per site](spike_rates.png) (values in sweep.json)"]
     (folder / "sweep.md").write_text("\n".join(lines) + "\n")
     for key, label in (("threshold_scale", "threshold scale"), ("timesteps", "SNN time steps T")):
         values = sorted({r[key] for r in rows})

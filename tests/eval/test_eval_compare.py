@@ -8,7 +8,7 @@ import pytest
 
 from sdm.converter.cli import main as convert_main
 from sdm.eval.compare import main as compare_main
-from sdm.eval.energy import PJ_PER_AC, PJ_PER_MAC, count_operations, energy_estimate
+from sdm.eval.energy import PJ_PER_AC, count_operations, energy_estimate
 from tests.conftest import make_tiny_unet
 
 FAST = ["--calib-samples", "2", "--calib-steps", "2", "--eval-samples", "0"]
@@ -87,21 +87,25 @@ def test_refuses_zero_samples(converted, tmp_path, capsys):
                      "--num-samples", "0"], tmp_path, "--num-samples must be >= 1")
 
 
-def test_energy_counts_follow_the_spike_rate(converted):
+def test_energy_counts_follow_the_spikes(converted):
     from sdm.converter.export import load_converted
+    from sdm.eval.energy import Activity
 
     snn = load_converted(converted / "snn4")
     counts = count_operations(snn)
-    silent = energy_estimate(snn, counts, {name: 0.0 for name in counts.site_elements})
-    busy = energy_estimate(snn, counts, {name: 0.5 for name in counts.site_elements})
-    assert silent["snn"]["acs"] == 0.0
+    rates = {name: 0.0 for name in counts.site_elements}
+    silent = energy_estimate(snn, counts, Activity(), rates)
+    busy_activity = Activity()
+    busy_activity.layer_acs["down_blocks.0.resnets.0.conv1"] = 2e6
+    busy_activity.layer_images["down_blocks.0.resnets.0.conv1"] = 2
+    busy = energy_estimate(snn, counts, busy_activity, rates)
+    assert silent["snn"]["acs"] == 0.0 and busy["snn"]["acs"] == 1e6
     assert busy["snn"]["analog_macs"] == silent["snn"]["analog_macs"]
-    # ACs grow linearly with the rate; their energy is 0.9 pJ each
-    assert busy["snn"]["microjoules"] - silent["snn"]["microjoules"] == pytest.approx(
-        busy["snn"]["acs"] * PJ_PER_AC * 1e-6)
-    dense = sum(counts.layer_macs.values()) + counts.attention_macs
+    # accumulates cost 0.9 pJ each
+    assert busy["snn"]["microjoules"] - silent["snn"]["microjoules"] == pytest.approx(1e6 * PJ_PER_AC * 1e-6)
+    dense = sum(counts.layer_macs.values()) + sum(2 * b["tokens"] ** 2 * b["channels"] for b in counts.attention.values())
     assert busy["ann"]["macs"] == pytest.approx(dense)
-    assert busy["ann"]["microjoules"] == pytest.approx(PJ_PER_MAC * 1e-6 * (dense + busy["ann"]["elementwise_macs"]))
+    assert sum(r["ann"] for r in busy["by_kind_microjoules"].values()) == pytest.approx(busy["ann"]["microjoules"])
     # a 3x3 conv on 8x8 with 16 in / 16 out channels: 8*8*16*16*9 MACs per image and step
     assert counts.layer_macs["down_blocks.0.resnets.0.conv1"] == 8 * 8 * 16 * 16 * 9
 

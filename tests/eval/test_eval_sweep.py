@@ -42,7 +42,7 @@ def test_levels_sweep_writes_pareto_plot_and_per_site_rates(record_folder, tmp_p
     assert energies[0] > energies[1] > energies[2]  # each level replaces analog MACs by accumulates
     runs = json.loads((out / "sweep.json").read_text())["runs"]
     assert len(runs[2]["spike_rate_per_site"]) > len(runs[1]["spike_rate_per_site"]) > len(runs[0]["spike_rate_per_site"])
-    assert (out / "pareto.png").stat().st_size > 0
+    assert (out / "pareto.png").stat().st_size > 0 and (out / "spike_rates.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("extra, expected", [
