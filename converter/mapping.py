@@ -125,8 +125,8 @@ def _convert_resampler(module: nn.Module, path: str, policy: ConversionPolicy) -
 
     One without a convolution (average pooling, plain nearest up-sampling) does no MACs and stays.
     """
-    conv = getattr(module, "conv", None) if isinstance(module, Downsample2D) else (
-        getattr(module, "conv" if module.name == "conv" else "Conv2d_0", None))
+    used = "conv" if isinstance(module, Downsample2D) or module.name == "conv" else "Conv2d_0"  # as in forward()
+    conv = getattr(module, used, None)
     if not _spiking_stream(policy) or not (module.use_conv and isinstance(conv, nn.Module)):
         return module
     if module.norm is not None or getattr(module, "use_conv_transpose", False) or not isinstance(conv, nn.Conv2d):

@@ -24,8 +24,9 @@ from torch import nn
 from sdm.converter.layers import SpikingActivation, expectation_increments
 
 
-def _site_of(layer: nn.Module) -> SpikingActivation:
-    return layer.__dict__["_feeding_site"]
+def feeding_site(layer: nn.Module) -> SpikingActivation | None:
+    """The site whose spikes `layer` consumes, or None for a layer with an analog input."""
+    return layer.__dict__.get("_feeding_site")
 
 
 def _remember_site(layer: nn.Module, site: SpikingActivation) -> None:
@@ -46,7 +47,7 @@ class FoldedConv2d(nn.Conv2d):
     def shift_response(self, x: torch.Tensor) -> torch.Tensor:
         """layer_without_bias(b) for inputs shaped like x: [1, out, H', W'], borders exact."""
         left, right, top, bottom = self.input_pad
-        shift = _site_of(self).output_shift
+        shift = feeding_site(self).output_shift
         height, width = x.shape[-2] - top - bottom, x.shape[-1] - left - right
         constant = shift.view(1, -1, 1, 1).expand(1, shift.numel(), height, width)
         return self._conv_forward(F.pad(constant, self.input_pad), self.weight, None)
@@ -59,7 +60,7 @@ class FoldedLinear(nn.Linear):
     """A projection fed by a site's spikes (features last), with the bias correction folded in."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) + F.linear(_site_of(self).output_shift, self.weight)
+        return super().forward(x) + F.linear(feeding_site(self).output_shift, self.weight)
 
 
 def fold(layer: nn.Module, site: SpikingActivation, input_pad: tuple[int, int, int, int] | None = None) -> nn.Module:
@@ -82,11 +83,6 @@ def fold(layer: nn.Module, site: SpikingActivation, input_pad: tuple[int, int, i
     folded.train(layer.training)
     _remember_site(folded, site)
     return folded
-
-
-def feeding_site(layer: nn.Module) -> SpikingActivation | None:
-    """The site whose spikes `layer` consumes, or None for a layer with an analog input."""
-    return layer.__dict__.get("_feeding_site")
 
 
 class SpikeDriven(nn.Module):
