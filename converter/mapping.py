@@ -23,18 +23,18 @@ from diffusers.models.unets.unet_2d_blocks import (
 )
 from torch import nn
 
+from sdm.calibration.sites import (
+    attention_input_site_name,
+    attention_product_site_names,
+    resampler_site_name,
+    shortcut_site_name,
+)
 from sdm.converter.layers import (
     ConstantOverTime,
     FrozenGroupNorm,
     SpikingActivation,
     SpikingAttention,
     SpikingResnetBlock2D,
-)
-from sdm.calibration.sites import (
-    attention_input_site_name,
-    attention_product_site_names,
-    resampler_site_name,
-    shortcut_site_name,
 )
 from sdm.converter.policy import ConversionPolicy
 from sdm.converter.residual import SpikeDriven, SpikeDrivenAttention, fold

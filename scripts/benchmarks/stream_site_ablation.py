@@ -8,7 +8,8 @@ measures the SNN's eps error relative to the ANN on them (one UNet call per conf
 (shortcut, down-sampling, up-sampling, attention input; at `full` also attention's q/k/v and
 output sites) the level with only that family spiking, the others made analog (the site passes
 its current through, no bias correction). `--each FAMILY` instead: one configuration per site of
-that family, only that site spiking. A measurement script, not part of the product.
+that family, only that site spiking. `--keep-analog A,B`: also the level with the sites whose names
+contain A or B analog. A measurement script, not part of the product.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--each", choices=list(FAMILIES), default=None)
+    parser.add_argument("--keep-analog", default="")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -78,6 +80,9 @@ def main() -> None:
         reference = source.unet(x, t).sample.flatten(1)
     stream = {name for name, stats in record.sites.items() if stats.activation == IDENTITY}
     configurations: dict[str, set[str] | None] = {"hybrid (none)": None, f"{args.level} (all)": set()}
+    kept = [part for part in args.keep_analog.split(",") if part]
+    if kept:
+        configurations[f"{args.level} except {args.keep_analog}"] = {n for n in stream if any(k in n for k in kept)}
     if args.each is None:
         for family, member in FAMILIES.items():
             configurations[f"only {family}"] = {name for name in stream if not member(name)}
