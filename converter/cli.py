@@ -15,14 +15,17 @@ from sdm.calibration.collect import CalibrationSettings, calibrate_data_free, ca
 from sdm.calibration.record import CalibrationRecord
 from sdm.converter.allocator import retain_freed_memory
 from sdm.converter.convert import convert
-from sdm.converter.export import atomic_folder, ensure_free_target, save_converted
+from sdm.converter.equivalence import ProbeRecorder, equivalence_section, probe_calls
+from sdm.converter.export import save_converted
 from sdm.converter.mapping import check_convertible
 from sdm.converter.operations import operations_report
+from sdm.converter.simulation import check_policy
 from sdm.converter.policy import (
     ATTENTION_MODES,
     GRANULARITIES,
     INPUT_ENCODINGS,
     NEGATIVE_LOBES,
+    NEURONS,
     NORM_MODES,
     SPIKING_LEVELS,
     THRESHOLD_METHODS,
@@ -32,6 +35,7 @@ from sdm.eval.images import psnr, save_grid_rows, to_uint8
 from sdm.eval.sampling import SAMPLERS, as_eps_function, initial_noise, run_sampler
 from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.zoo import DEFAULT_MODEL
+from sdm.core.atomic import atomic_folder, ensure_free_target
 from sdm.core.devices import resolve_device
 from sdm.core.errors import SdmError, run_reporting_errors
 
@@ -78,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                             help="threshold guidance: global factor on all thresholds at sampling time (default 1.0)")
 
     neurons = parser.add_argument_group("neurons")
+    neurons.add_argument("--neuron", choices=NEURONS, default="exact",
+                         help="exact: graded-spike ON/OFF neurons whose count equals the quantised twin's (default); "
+                              "single-spike: at most one spike per step (earlier versions)")
+    neurons.add_argument("--max-payload", type=int, default=None,
+                         help="exact neurons: at most this many spikes per step and side (default T: exact)")
     neurons.add_argument("--negative-lobe", choices=NEGATIVE_LOBES, default="signed",
                          help="signed: +1/-1 spikes follow SiLU exactly (default); relu: plain IF, ReLU proxy")
     neurons.add_argument("--norm", choices=NORM_MODES, default="running",
@@ -98,12 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
                             help="images sampled by ANN and SNN from the same noise (0 skips; default 8)")
     evaluation.add_argument("--eval-steps", type=int, default=20, help="sampler steps (default 20)")
     evaluation.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="diffusers sampler (default ddim, eta 0)")
+    evaluation.add_argument("--simulation", default="steps",
+                            help="steps (default), closed-form (the quantised twin, ANN cost) or both (and their "
+                                 "agreement in summary.json)")
     return parser
 
 
 def policy_from_args(args: argparse.Namespace) -> ConversionPolicy:
     return ConversionPolicy(
         timesteps=args.timesteps,
+        neuron=args.neuron,
+        max_payload=args.max_payload,
         negative_lobe=args.negative_lobe,
         norm=args.norm,
         attention=args.attention,
@@ -135,6 +149,7 @@ def run(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     if args.eval_samples < 0:
         raise SdmError(f"--eval-samples must be >= 0, got {args.eval_samples}")
+    check_policy(args.simulation, policy.attention)
     source = load_source_model(args.checkpoint)
     out = args.out or Path("runs") / f"{Path(str(args.checkpoint)).name}-T{policy.timesteps}"
     check_convertible(source.unet, policy)
@@ -175,25 +190,31 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def fidelity_check(source, snn, args: argparse.Namespace, folder: Path, device: torch.device) -> dict:
-    """ANN and SNN sample from the same noises; PSNR of the pair, eps error, a grid to look at."""
+    """ANN and SNN sample from the same noises; PSNR of the pair, eps error, a grid to look at;
+    with --simulation both also the closed form and the equivalence section."""
     shape = (source.unet.config.in_channels, source.unet.config.sample_size, source.unet.config.sample_size)
     noise = initial_noise(args.eval_samples, shape, args.seed)
     common = dict(sampler=args.sampler, scheduler_config=source.scheduler_config, steps=args.eval_steps,
                   seed=args.seed, batch_size=args.eval_samples, device=device)
     ann = as_eps_function(source.unet)
     ann_run = run_sampler(ann, noise, desc="ANN sampling", **common)
-    snn.set_monitor(True)
-    snn_run = run_sampler(as_eps_function(snn), noise, reference=ann, desc="SNN sampling", **common)
+    closed_only = args.simulation == "closed-form"
+    probe = ProbeRecorder(as_eps_function(snn), probe_calls(args.eval_steps)) if args.simulation == "both" else None
+    snn.set_simulation("closed-form" if closed_only else "steps")
+    snn.set_monitor(not closed_only)
+    snn_run = run_sampler(probe or as_eps_function(snn), noise, reference=ann, desc="SNN sampling", **common)
     neurons = snn.neurons().values()
-    spike_rate = sum(n.spike_count for n in neurons) / max(sum(n.neuron_steps for n in neurons), 1)
+    spike_rate = None if closed_only else sum(n.spike_count for n in neurons) / max(sum(n.neuron_steps for n in neurons), 1)
     snn.set_monitor(False)
+    snn.set_simulation("steps")
     ann_images, snn_images = to_uint8(ann_run.samples), to_uint8(snn_run.samples)
     save_grid_rows([ann_images, snn_images], folder / "grid.png", labels=["ANN", f"SNN T={snn.timesteps}"])
     scores = psnr(ann_images, snn_images)
-    return {
+    result = {
         "num_samples": args.eval_samples,
         "sampler": args.sampler,
         "steps": args.eval_steps,
+        "simulation": args.simulation,
         "psnr_db": float(np.mean(np.minimum(scores, 100.0))),
         "eps_rel_l2": float(np.mean(snn_run.eps_rel_l2)),
         "eps_cosine": float(np.mean(snn_run.eps_cosine)),
@@ -203,6 +224,17 @@ def fidelity_check(source, snn, args: argparse.Namespace, folder: Path, device: 
             "snn": snn_run.unet_seconds / snn_run.unet_calls,
         },
     }
+    if probe is not None:
+        snn.set_simulation("closed-form")
+        closed_run = run_sampler(as_eps_function(snn), noise, reference=ann, desc="SNN sampling (closed form)", **common)
+        snn.set_simulation("steps")
+        closed_eval = closed_run.unet_seconds / closed_run.unet_calls
+        result["closed_form"] = {
+            "psnr_db": float(np.mean(np.minimum(psnr(ann_images, to_uint8(closed_run.samples)), 100.0))),
+            "eps_rel_l2": float(np.mean(closed_run.eps_rel_l2)),
+        }
+        result["equivalence"] = equivalence_section(snn, probe.inputs, closed_eval / result["seconds_per_unet_eval"]["snn"])
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,9 +250,15 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"fidelity (T={summary['policy']['timesteps']}, {fidelity['num_samples']} samples, {fidelity['sampler']} "
             f"{fidelity['steps']} steps): PSNR SNN vs ANN {fidelity['psnr_db']:.2f} dB, eps rel. L2 "
-            f"{fidelity['eps_rel_l2']:.4f}, spike rate {fidelity['spike_rate']:.3f}, "
-            f"SNN/ANN time per eval {times['snn'] / times['ann']:.1f}x"
+            f"{fidelity['eps_rel_l2']:.4f}, "
+            + ("" if fidelity["spike_rate"] is None else f"spike rate {fidelity['spike_rate']:.3f}, ")
+            + f"SNN/ANN time per eval {times['snn'] / times['ann']:.1f}x ({fidelity['simulation']})"
         )
+        if "equivalence" in fidelity:
+            eq = fidelity["equivalence"]
+            print(f"equivalence: counts differ {eq['count_differs_fraction']:.2e} (ties "
+                  f"{eq['count_differs_ties_fraction']:.2e}), largest eps rel. difference "
+                  f"{eq['largest_eps_relative_difference']:.2e}, closed-form/steps time {eq['closed_form_over_steps_time']:.3f}")
     return 0
 
 

@@ -16,8 +16,13 @@ from sdm.pretrained.loading import SourceModel
 
 
 def convert(source: SourceModel, record: CalibrationRecord, policy: ConversionPolicy,
-            device: str | torch.device = "cpu") -> SpikingUNet2DModel:
-    """Build the spiking UNet of `source` with thresholds chosen from `record` by `policy`."""
+            device: str | torch.device | None = None) -> SpikingUNet2DModel:
+    """Build the spiking UNet of `source` with thresholds chosen from `record` by `policy`.
+
+    The result lives entirely on `device` (None: where the source's weights are), every buffer
+    the conversion adds included; layer-by-layer matching runs there too, with the ANN.
+    """
+    device = next(source.unet.parameters()).device if device is None else torch.device(device)
     description = source.describe()
     record.check_source(description["fingerprint"])
     provenance: dict[str, Any] = {
@@ -25,7 +30,7 @@ def convert(source: SourceModel, record: CalibrationRecord, policy: ConversionPo
         "scheduler_config": source.scheduler_config,
         "calibration": {k: v for k, v in record.meta.items() if k != "diffusion_timesteps"},
     }
-    snn = SpikingUNet2DModel.from_ann(source.unet, policy, provenance)
+    snn = SpikingUNet2DModel.from_ann(source.unet, policy, provenance).to(device)
     options = dict(method=policy.threshold_method, percentile=policy.percentile, granularity=policy.granularity,
                    membrane_init=policy.membrane_init, bias_correction=policy.bias_correction)
     sites = snn.sites()
@@ -37,5 +42,5 @@ def convert(source: SourceModel, record: CalibrationRecord, policy: ConversionPo
     if policy.norm == "frozen":
         snn.set_frozen_norm_stats({name: (s.group_mean, s.group_var) for name, s in record.sites.items()})
     if policy.layerwise:
-        match_layerwise(snn.to(device), source.unet.to(device), record, policy.matching_inputs, policy.bias_correction)
+        match_layerwise(snn, source.unet.to(device), record, policy.matching_inputs, policy.bias_correction)
     return snn

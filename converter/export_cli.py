@@ -7,10 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from sdm.converter.export import load_converted
+from sdm.converter.export import check_same_source, load_converted
 from sdm.converter.nir_export import export_nir
 from sdm.converter.onnx_export import export_onnx
 from sdm.pretrained.loading import load_source_model
+from sdm.core.atomic import probe_writable, write_text
 from sdm.core.errors import run_reporting_errors
 
 
@@ -35,12 +36,19 @@ def run(args: argparse.Namespace) -> dict:
     shape = (snn.config.in_channels, snn.config.sample_size, snn.config.sample_size)
     if args.format == "nir":
         export_nir(snn, args.out)
-    report = {"snn": export_onnx(snn, args.out, shape), "snn_folder": str(args.snn), "timesteps": snn.timesteps}
-    if args.ann is not None:
-        ann_out = args.ann_out or args.out.with_name(args.out.stem + "-ann.onnx")
-        report["ann"] = export_onnx(load_source_model(args.ann).unet, ann_out, shape)
+    ann_out = args.ann_out or args.out.with_name(args.out.stem + "-ann.onnx")
     report_path = args.report or args.out.with_suffix(".json")
-    report_path.write_text(json.dumps(report, indent=2))
+    for path in [args.out, report_path] + ([ann_out] if args.ann is not None else []):
+        probe_writable(path)  # before minutes of export, not after
+    source = None
+    if args.ann is not None:
+        source = load_source_model(args.ann)
+        check_same_source(snn, source, str(args.snn))
+    report = {"snn": export_onnx(snn, args.out, shape), "snn_folder": str(args.snn), "timesteps": snn.timesteps,
+              "source_fingerprint": (snn.config.provenance or {}).get("source", {}).get("fingerprint")}
+    if source is not None:
+        report["ann"] = {**export_onnx(source.unet, ann_out, shape), "source": source.describe()}
+    write_text(report_path, json.dumps(report, indent=2))
     report["report"] = str(report_path)
     return report
 

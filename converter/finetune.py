@@ -36,12 +36,13 @@ from tqdm.auto import tqdm
 
 from sdm.calibration.record import CalibrationError, CalibrationRecord
 from sdm.converter.allocator import retain_freed_memory
-from sdm.converter.export import atomic_folder, load_converted, save_converted
+from sdm.converter.export import check_same_source, load_converted, save_converted
 from sdm.converter.model import SpikingUNet2DModel
 from sdm.converter.operations import operations_report
 from sdm.converter.tsm import TRAINABLE, clamp_thresholds_, freeze, set_trainable, tsm_values
 from sdm.pretrained.loading import SourceModel, load_source_model, state_dict_fingerprint
 from sdm.pretrained.zoo import DEFAULT_MODEL
+from sdm.core.atomic import atomic_folder
 from sdm.core.errors import SdmError, run_reporting_errors
 from sdm.core.training import check_output_folder, data_target, device_name, ema_update, load_checkpoint, save_checkpoint, to_model_range, write_loss_log
 
@@ -381,8 +382,6 @@ def plot_tsm(values: dict[str, list[float]], path: Path) -> None:
 
 
 def resolve_ann(args: argparse.Namespace, snn: SpikingUNet2DModel) -> SourceModel:
-    from sdm.eval.paired import check_same_source
-
     if args.ann is not None:
         name = args.ann
     else:
@@ -506,11 +505,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     retain_freed_memory()
-    try:
-        summary, code = run_reporting_errors("sdm-finetune", lambda: run(args))
-    except KeyboardInterrupt:
-        print(f"sdm-finetune: interrupted; continue from the last checkpoint with --resume (in {args.out})", file=sys.stderr)
-        return 130
+    summary, code = run_reporting_errors("sdm-finetune", lambda: run(args),
+                                         f"continue from the last checkpoint with --resume (in {args.out})")
     if code:
         return code
     before, after = summary["loss_before"], summary["loss_after"]

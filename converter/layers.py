@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdm.converter import site_kernel
-from sdm.converter.neurons import SignedIFNode
+from sdm.converter.neurons import NEURON_KINDS, GradedIFNode, SignedIFNode
 
 
 def _functional() -> bool:
@@ -32,15 +32,21 @@ def _time_index(timesteps: int, like: torch.Tensor) -> torch.Tensor:
     return torch.arange(1, timesteps + 1, device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
 
-def _running_mean(seq: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """cumsum(seq, 0) / t as a new tensor, outside autograd: fused when the kernel applies.
+def _cumsum(seq: torch.Tensor) -> torch.Tensor:
+    """Cumulative sum over SNN time, accumulated in float64 and rounded once to seq's dtype.
 
-    (cumsum accumulates float32 in double on CPU; the kernel does the same, so every path
-    computes identical running means.)
+    This is what CPU cumsum does for float32 by itself (and the site kernel too); CUDA's cumsum
+    accumulates float32 in float32, so asking for float64 makes the running means, and thus
+    the spikes, the same on every device.
     """
+    return seq.cumsum(dim=0, dtype=torch.float64).to(seq.dtype)
+
+
+def _running_mean(seq: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """cumsum(seq, 0) / t as a new tensor, outside autograd: fused when the kernel applies."""
     if site_kernel.applicable(seq):
         return site_kernel.running_mean(seq)
-    return seq.cumsum(dim=0).div_(t)
+    return _cumsum(seq).div_(t)
 
 
 def expectation_increments(fn, x: torch.Tensor, timesteps: int) -> torch.Tensor:
@@ -56,7 +62,7 @@ def expectation_increments(fn, x: torch.Tensor, timesteps: int) -> torch.Tensor:
         for step in range(timesteps - 1, 0, -1):  # backwards, so each step still sees its predecessor
             accumulated[step].sub_(accumulated[step - 1])
         return accumulated.flatten(0, 1)
-    running = seq.cumsum(dim=0) / t
+    running = _cumsum(seq) / t
     accumulated = fn(running.flatten(0, 1)).unflatten(0, (timesteps, -1)) * t
     increments = accumulated.clone()
     increments[1:] -= accumulated[:-1]
@@ -82,65 +88,137 @@ class FrozenGroupNorm(nn.Module):
         return (h - mean) / std * scale + shift
 
 
-class SpikingActivation(nn.Module):
+class TimeFolded(nn.Module):
+    """A module whose tensors carry T SNN time steps folded into the batch, or, in closed form,
+    one time average per input (`closed_form`, set by SpikingUNet2DModel.set_simulation)."""
+
+    timesteps: int
+    closed_form: bool = False
+
+    @property
+    def folded_steps(self) -> int:
+        """Rows per input in the tensors this module sees: T when simulating steps, 1 in closed form."""
+        return 1 if self.closed_form else self.timesteps
+
+
+class SpikingActivation(TimeFolded):
     """A site of the ANN (GroupNorm then activation) as dendrite + spiking neuron.
 
     With identity norm and activation it encodes an analog signal (the input image) as spikes.
 
-    The dendrite turns the input current into the neuron's drive: for signed neurons, the
-    increments of t * clip(act(norm(m_t))); for the ReLU proxy, the increments of t * norm(m_t),
-    which a plain IF neuron rectifies. TSM multiplies the drive at step t by a learnable p[t].
+    The dendrite turns the input current into the neuron's target on the running mean m_t: for
+    signed neurons g_t = clip(act(norm(m_t)), -theta_neg, theta_pos); for the ReLU proxy
+    g_t = norm(m_t), which the neuron rectifies. The exact neuron gets the cumulative drive t * g_t
+    (computed from g_t directly), the single-spike neuron its increments t * g_t - (t-1) * g_(t-1).
+    TSM multiplies the increment at step t by a learnable p[t] (the cumulative drive is then their
+    running sum). In closed form the input is the time average itself and the site is its twin:
+    theta_pos * ON - theta_neg * OFF counts of T * g, over T.
 
-    The site emits spikes only: its bias correction `output_shift` is folded into the bias of the
-    layer it feeds (converter/residual.py), so that layer's input is spikes.
+    The site emits spikes (or levels) only: its bias correction `output_shift` is folded into the
+    bias of the layer it feeds (converter/residual.py), so that layer's input is spikes.
     """
 
     def __init__(self, site: str, norm: nn.Module, activation: nn.Module, channels: int, timesteps: int,
-                 signed: bool, membrane_init: float) -> None:
+                 signed: bool, membrane_init: float, neuron: str = "exact", max_payload: int | None = None) -> None:
         super().__init__()
         self.site = site
         self.timesteps = timesteps
         self.norm = norm
         self.activation = activation
-        self.neuron = SignedIFNode(channels, signed=signed, membrane_init=membrane_init)
+        if neuron == "exact":
+            self.neuron = GradedIFNode(channels, signed=signed, membrane_init=membrane_init, timesteps=timesteps,
+                                       max_payload=max_payload)
+        elif neuron == "single-spike":
+            self.neuron = SignedIFNode(channels, signed=signed, membrane_init=membrane_init)
+        else:
+            raise ValueError(f"unknown neuron kind {neuron!r} (choose from {', '.join(NEURON_KINDS)})")
         self.register_buffer("output_shift", torch.zeros(channels))
         self.tsm: nn.Parameter | None = None
+
+    @property
+    def exact(self) -> bool:
+        return isinstance(self.neuron, GradedIFNode)
 
     def drive(self, running: torch.Tensor) -> torch.Tensor:
         """The neuron's target for a running-mean input (before the per-step difference)."""
         z = self.norm(running)
         if not self.neuron.signed:
             return z
-        shape = (1, -1) + (1,) * (z.dim() - 2)
-        scale = self.neuron.threshold_scale
-        high = self.neuron.threshold_pos.view(shape) * scale
-        low = -self.neuron.threshold_neg.view(shape) * scale
+        high, low = self.neuron.thresholds(z)
+        low = -low
         if _functional():
             return torch.clamp(self.activation(z), min=low, max=high)
         return self.activation(z).clamp_(min=low, max=high)
 
     def drive_sequence(self, current: torch.Tensor) -> torch.Tensor:
-        """The neuron's input at each SNN step, [T, B, ...], for a [T*B, ...] input current."""
+        """The single-spike neuron's input at each SNN step, [T, B, ...], for a [T*B, ...] current."""
         drive = expectation_increments(self.drive, current, self.timesteps).unflatten(0, (self.timesteps, -1))
         if self.tsm is not None:
             drive = drive * self.tsm.view(-1, *([1] * (drive.dim() - 1)))
         return drive
 
-    def forward(self, current: torch.Tensor) -> torch.Tensor:
-        """All T steps of the site, from rest. The final membranes are dropped, not kept until the
-        next reset: held for every site they would double the UNet's working memory at T = 1."""
-        self.neuron.reset()
-        if site_kernel.applicable(current, self.neuron.threshold_pos, self.neuron.threshold_neg, self.output_shift,
-                                  *(() if self.tsm is None else (self.tsm,))):
-            return self._fused_forward(current)
-        drive = self.drive_sequence(current)
-        if _functional():
-            spikes = self.neuron(drive).flatten(0, 1)
-        else:
-            spikes = self.neuron.inference_steps(drive, in_place=True).flatten(0, 1)
-        self.neuron.reset()
-        return spikes
+    def cumulative_drive(self, current: torch.Tensor) -> torch.Tensor:
+        """The exact neuron's input, [T, B, ...]: t * g_t, or with TSM the running sum of p[t] times
+        the increments."""
+        if self.tsm is not None:
+            return _cumsum(self.drive_sequence(current))
+        seq = current.unflatten(0, (self.timesteps, -1))
+        t = _time_index(self.timesteps, seq)
+        if not _functional():
+            return self.drive(_running_mean(seq, t).flatten(0, 1)).unflatten(0, (self.timesteps, -1)).mul_(t)
+        return self.drive((_cumsum(seq) / t).flatten(0, 1)).unflatten(0, (self.timesteps, -1)) * t
 
+    def decision_distance(self, current: torch.Tensor) -> torch.Tensor:
+        """Exact neurons: per step [T, B, ...], how far (in thresholds) each side's count argument
+        D_t / theta + f lies from the integer where its count changes: ties are the small ones."""
+        cumulative = self.cumulative_drive(current)
+        theta_pos, theta_neg = self.neuron.thresholds(cumulative[0])
+        f = self.neuron.membrane_init
+        u = cumulative.clamp_min(0) / theta_pos + f
+        distance = (u - u.round()).abs()
+        if self.neuron.signed:
+            u = (-cumulative).clamp_min(0) / theta_neg + f
+            distance = torch.minimum(distance, (u - u.round()).abs())
+        return distance
+
+    def mean_input(self, current: torch.Tensor) -> torch.Tensor:
+        """The time average of a [T*B, ...] input current as the neurons see it (the running mean
+        at t = T), [B, ...]: what the twin takes to reproduce this call's counts exactly."""
+        seq = current.unflatten(0, (self.timesteps, -1))
+        return _running_mean(seq, _time_index(self.timesteps, seq))[-1]
+
+    def twin(self, mean_current: torch.Tensor) -> torch.Tensor:
+        """The site's ideal quantiser on a time-averaged input current [B, ...] (closed form)."""
+        cumulative = self.drive(mean_current) * float(self.timesteps)
+        on, off = self.neuron.counts(cumulative, self.timesteps)
+        theta_pos, theta_neg = self.neuron.thresholds(cumulative)
+        level = theta_pos * on if off is None else theta_pos * on - theta_neg * off
+        return level / self.timesteps
+
+    def shift_like(self, like: torch.Tensor) -> torch.Tensor:
+        """The bias-correction shift shaped to broadcast over `like` ([N, C, ...])."""
+        return self.output_shift.view(1, -1, *([1] * (like.dim() - 2)))
+
+    def forward(self, current: torch.Tensor) -> torch.Tensor:
+        """All T steps of the site, from rest (or its twin in closed form). The final membranes are
+        dropped, not kept until the next reset: held for every site they would double the UNet's
+        working memory at T = 1."""
+        if self.closed_form:
+            return self.twin(current)
+        self.neuron.reset()
+        tsm = () if self.tsm is None else (self.tsm,)
+        if site_kernel.applicable(current, self.neuron.threshold_pos, self.neuron.threshold_neg, self.output_shift, *tsm):
+            return self._fused_forward(current)
+        if self.exact:
+            spikes = self.neuron(self.cumulative_drive(current)).flatten(0, 1)
+        else:
+            drive = self.drive_sequence(current)
+            if _functional():
+                spikes = self.neuron(drive).flatten(0, 1)
+            else:
+                spikes = self.neuron.inference_steps(drive, in_place=True).flatten(0, 1)
+            self.neuron.reset()
+        return spikes
 
     def _fused_forward(self, current: torch.Tensor) -> torch.Tensor:
         """forward() with the site kernel: the same arithmetic, one pass over memory per stage."""
@@ -153,9 +231,7 @@ class SpikingActivation(nn.Module):
         no_shift = torch.zeros_like(self.output_shift)  # folded into the consumer's bias instead
         spikes, count = site_kernel.fire(values.contiguous().unflatten(0, (self.timesteps, -1)), neuron,
                                          no_shift, tsm)
-        if neuron.monitor:
-            neuron.spike_count += float(count)
-            neuron.neuron_steps += spikes.numel()
+        neuron.count_spikes(count, spikes.numel())
         return spikes.flatten(0, 1)
 
 
@@ -177,7 +253,7 @@ class SpikingResnetBlock2D(nn.Module):
         hidden = self.conv1(self.site1(input_tensor))
         if self.time_emb_proj is not None and temb is not None:
             # Constant over SNN time (temb repeats over t): a bias current projected once per input.
-            steps = self.site1.timesteps
+            steps = self.site1.folded_steps
             emb = temb.unflatten(0, (steps, -1))[0]
             emb = emb if self.skip_time_act else self.temb_activation(emb)
             bias = self.time_emb_proj(emb)[:, :, None, None]
@@ -187,8 +263,10 @@ class SpikingResnetBlock2D(nn.Module):
         return (shortcut + hidden) / self.output_scale_factor
 
 
-class SpikingAttention(nn.Module):
+class SpikingAttention(TimeFolded):
     """Softmax self-attention kept analog, on the running mean ("running") or per step ("instant").
+
+    In closed form (running mode only) it is evaluated once, on the time average.
 
     The attention arithmetic is written out here (the same as diffusers' AttnProcessor2_0 for a
     spatial self-attention block) with shape-agnostic reshapes, so exported graphs keep a
@@ -218,12 +296,12 @@ class SpikingAttention(nn.Module):
         return out / attn.rescale_output_factor
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self.mode == "instant":
+        if self.mode == "instant" or self.closed_form:
             return self.self_attention(hidden_states)
         return expectation_increments(self.self_attention, hidden_states, self.timesteps)
 
 
-class ConstantOverTime(nn.Module):
+class ConstantOverTime(TimeFolded):
     """Run a module once per UNet call on an input that is the same at every SNN time step.
 
     The spiking UNet repeats its input and timestep T times (t-major); for the analog input
@@ -237,5 +315,6 @@ class ConstantOverTime(nn.Module):
         self.timesteps = timesteps
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        once = self.module(x.unflatten(0, (self.timesteps, -1))[0], *args, **kwargs)
-        return once.repeat(self.timesteps, *([1] * (once.dim() - 1)))
+        steps = self.folded_steps
+        once = self.module(x.unflatten(0, (steps, -1))[0], *args, **kwargs)
+        return once if steps == 1 else once.repeat(steps, *([1] * (once.dim() - 1)))

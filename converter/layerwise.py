@@ -71,18 +71,18 @@ def _fit_site(site: SpikingActivation, currents: torch.Tensor, target: torch.Ten
     theta_neg = neuron.threshold_neg[:, None, None]
 
     def emit_with_pos(theta: torch.Tensor) -> torch.Tensor:
-        out = neuron_quantise(pos_part[:, None, :], theta, steps, init)
+        out = neuron_quantise(pos_part[:, None, :], theta, steps, init, neuron.signed)
         if neuron.signed:
-            out = out - neuron_quantise(neg_part[:, None, :], theta_neg, steps, init)
+            out = out - neuron_quantise(neg_part[:, None, :], theta_neg, steps, init, True)
         return out
 
     theta_pos = mse_search(emit_with_pos, wanted, pos_part.max(dim=1).values)
     neuron.threshold_pos.copy_(theta_pos.clamp_min(MIN_THRESHOLD))
     if neuron.signed:
-        positive = neuron_quantise(pos_part, neuron.threshold_pos[:, None], steps, init)
+        positive = neuron_quantise(pos_part, neuron.threshold_pos[:, None], steps, init, True)
 
         def emit_with_neg(theta: torch.Tensor) -> torch.Tensor:
-            return positive[:, None, :] - neuron_quantise(neg_part[:, None, :], theta, steps, init)
+            return positive[:, None, :] - neuron_quantise(neg_part[:, None, :], theta, steps, init, True)
 
         neuron.threshold_neg.copy_(mse_search(emit_with_neg, wanted, neg_part.max(dim=1).values).clamp_min(MIN_THRESHOLD))
 

@@ -78,6 +78,8 @@ def _site(path: str, norm: nn.Module, activation: nn.Module, policy: ConversionP
         timesteps=policy.timesteps,
         signed=policy.negative_lobe == "signed",
         membrane_init=policy.membrane_init,
+        neuron=policy.neuron,
+        max_payload=policy.max_payload,
     )
 
 
@@ -87,7 +89,8 @@ INPUT_SITE = "conv_in.input"
 def _stream_site(name: str, channels: int, policy: ConversionPolicy) -> SpikingActivation:
     """An identity site: signed spikes encoding an analog value (the image, the residual stream)."""
     return SpikingActivation(site=name, norm=nn.Identity(), activation=nn.Identity(), channels=channels,
-                             timesteps=policy.timesteps, signed=True, membrane_init=policy.membrane_init)
+                             timesteps=policy.timesteps, signed=True, membrane_init=policy.membrane_init,
+                             neuron=policy.neuron, max_payload=policy.max_payload)
 
 
 def _encode_input(conv_in: nn.Conv2d, policy: ConversionPolicy) -> nn.Sequential:

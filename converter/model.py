@@ -1,7 +1,8 @@
 """The converted spiking UNet: a diffusers model, called and saved like a `UNet2DModel`.
 
 `SpikingUNet2DModel(x, t).sample` runs T SNN time steps per call and decodes the output as the
-time average of the last layer's currents. Its folder (`save_pretrained`) holds a JSON config
+time average of the last layer's currents; `set_simulation("closed-form")` runs its quantised twin
+instead, one pass per call (converter/simulation.py). Its folder (`save_pretrained`) holds a JSON config
 (source architecture, conversion policy, provenance) and safetensors weights including every
 threshold, so `from_pretrained` rebuilds it exactly, and it drops into diffusers pipelines.
 """
@@ -17,11 +18,16 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from sdm.calibration.thresholds import SiteThresholds
-from sdm.converter.layers import FrozenGroupNorm, SpikingActivation
+from sdm.converter.layers import FrozenGroupNorm, SpikingActivation, TimeFolded
 from sdm.converter.mapping import convert_unet_modules
-from sdm.converter.neurons import SignedIFNode
+from sdm.converter.neurons import SiteNeuron
 from sdm.converter.policy import ConversionPolicy
+from sdm.converter.simulation import SIMULATIONS, SimulationError, check_choice, closed_form_obstacle
 from sdm.converter.tsm import enable_tsm
+
+# Rows (T x inputs) of 32x32 that one pass on a GPU may hold: the reference model needs about
+# 5 MiB of working memory per row (its ANN: 77 MiB at batch 16), so 4,096 rows take ~20 GiB.
+GPU_PASS_ROWS = 4096
 
 
 class SpikingUNet2DModel(ModelMixin, ConfigMixin):
@@ -56,16 +62,21 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
             out_channels=source.config.out_channels,
         )
         self.inputs_per_pass: int | None = None
+        self.simulation = "steps"
         if tsm:
             enable_tsm(self)
 
     @classmethod
     def from_ann(cls, ann: UNet2DModel, policy: ConversionPolicy, provenance: dict[str, Any] | None = None) -> "SpikingUNet2DModel":
-        """A spiking copy of `ann` with its weights; thresholds still to be set."""
+        """A spiking copy of `ann` with its weights, on `ann`'s device; thresholds still to be set.
+
+        The sites' new buffers (thresholds, shifts) are created on the CPU, so the copy is moved
+        as a whole to where the ANN's weights are.
+        """
         snn = cls(source_config=dict(ann.config), policy=policy.to_dict(), provenance=provenance or {})
         snn.unet = convert_unet_modules(copy.deepcopy(ann), policy)
         snn.set_threshold_scale(policy.threshold_scale)
-        return snn.eval()
+        return snn.to(next(ann.parameters()).device).eval()
 
     @property
     def timesteps(self) -> int:
@@ -75,7 +86,7 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
         """Spiking sites by their ANN site name (the GroupNorm path), in execution order."""
         return {m.site: m for m in self.modules() if isinstance(m, SpikingActivation)}
 
-    def neurons(self) -> dict[str, SignedIFNode]:
+    def neurons(self) -> dict[str, SiteNeuron]:
         return {name: site.neuron for name, site in self.sites().items()}
 
     def set_thresholds(self, thresholds: dict[str, SiteThresholds]) -> None:
@@ -112,22 +123,45 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
             neuron.monitor = enabled
             neuron.reset_monitor()
 
-    def set_inputs_per_pass(self, inputs: int | None) -> None:
-        """How many inputs one stacked pass simulates (each as T rows); None: ceil(batch / T).
+    def set_simulation(self, mode: str) -> None:
+        """"steps" (default) simulates T time steps; "closed-form" evaluates the quantised twin in
+        one pass (refused with the reason for a model that has none)."""
+        check_choice(mode, SIMULATIONS)
+        if mode == "closed-form":
+            obstacle = closed_form_obstacle(self)
+            if obstacle:
+                raise SimulationError(obstacle)
+        self.simulation = mode
+        for module in self.modules():
+            if isinstance(module, TimeFolded):
+                module.closed_form = mode == "closed-form"
 
-        The default gives a pass about as many rows as the batch, so the SNN's working memory and
-        its convolutions' shapes match the ANN's at the same batch (eval/bench.py measures both);
-        a larger value trades memory for fewer, larger passes (useful on a GPU at small batch).
+    def set_inputs_per_pass(self, inputs: int | None) -> None:
+        """How many inputs one stacked pass simulates (each as T rows); None: the device's rule.
+
+        On the CPU the default is ceil(batch / T): a pass holds about as many rows as the batch,
+        so the SNN's working memory and its convolutions' shapes match the ANN's at the same batch
+        (eval/bench.py measures both). On a GPU, where larger convolutions are what keeps it
+        busy, the whole batch runs in one pass up to GPU_PASS_ROWS rows of 32x32 (scaled by the
+        image area), then in equal passes below that budget.
         """
         if inputs is not None and inputs < 1:
             raise ValueError(f"inputs per pass must be >= 1, got {inputs}")
         self.inputs_per_pass = inputs
 
-    def _pass_size(self, batch: int) -> int:
+    def _pass_size(self, sample: torch.Tensor) -> int:
+        batch = sample.shape[0]
         if torch.jit.is_tracing():  # one pass, so an exported graph keeps its batch dimension dynamic
             return batch
         chosen = self.inputs_per_pass
-        return chosen if chosen is not None else max(1, -(-batch // self.timesteps))
+        if chosen is not None:
+            return chosen
+        rows_per_input = 1 if self.simulation == "closed-form" else self.timesteps
+        if sample.device.type == "cpu":
+            return max(1, -(-batch // rows_per_input))
+        budget = max(1, GPU_PASS_ROWS * 32 * 32 // (rows_per_input * sample[0, 0].numel()))
+        passes = -(-batch // budget)
+        return -(-batch // passes)
 
     def forward(
         self,
@@ -144,7 +178,7 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
         batch = sample.shape[0]
         timesteps = torch.as_tensor(timestep, device=sample.device)
         timesteps = timesteps.reshape(-1).expand(batch) if timesteps.numel() == 1 else timesteps
-        size = self._pass_size(batch)
+        size = self._pass_size(sample)
         predictions = [
             self._simulate(sample[start:start + size], timesteps[start:start + size],
                            None if class_labels is None else class_labels[start:start + size])
@@ -154,8 +188,11 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
         return UNet2DOutput(sample=prediction) if return_dict else (prediction,)
 
     def _simulate(self, sample: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
-        """One stacked pass: T time steps folded into the batch (t-major), from reset state."""
+        """One stacked pass: T time steps folded into the batch (t-major), from reset state; in
+        closed form the twin on the batch itself."""
         steps, batch = self.timesteps, sample.shape[0]  # every site starts its neurons from rest
+        if self.simulation == "closed-form":
+            return self.unet(sample, timesteps, class_labels=class_labels, return_dict=False)[0]
         out = self.unet(
             sample.repeat(steps, *([1] * (sample.dim() - 1))),
             timesteps.repeat(steps),

@@ -1,14 +1,23 @@
-"""Integrate-and-fire neurons with soft reset, built on spikingjelly's neuron base class.
+"""The neurons of a spiking site: the exact graded neuron (default) and the single-spike IF neuron.
 
-One class covers both neuron kinds the converter uses:
-- unsigned: a plain IF neuron (fires +1 when the membrane reaches the threshold);
-- signed: also fires -1 when the membrane falls to the negative threshold, so a neuron can
-  express negative values (SiLU's negative lobe) and take back an early, too-eager spike.
+`GradedIFNode` ("exact", the default): an ON/OFF pair of soft-reset IF neurons that may emit
+several spikes per step (graded spikes, as Loihi 2 carries them). At step t its dendrite hands it
+the cumulative drive D_t = t * g_t (g_t the site's expectation-compensated target); the ON
+neuron's count is clip(floor(D_t / theta_pos + f), 0, T) (sdm.core.quantise), the OFF neuron's the
+same for -D_t with theta_neg, and each emits the change of its count, so a neuron only ever takes
+back spikes it emitted itself (ST-BIF's bounded count). The counts are computed from D_t itself,
+not by summing float increments, so after T steps they equal the quantised twin's exactly,
+whatever the drive did on the way. With `max_payload` B < T a side emits at most B spikes per step
+and carries the rest (B = T, the default, is exact).
 
-Thresholds are per channel and live in the state dict as buffers; the membrane is spikingjelly
-memory (outside the state dict, cleared by `reset()`). Spikes leave the neuron already weighted
-by their threshold (`+theta_pos` or `-theta_neg`), which is what the next layer's synapses add
-up: the weighting can be folded into that layer's weights, so it stays an accumulate.
+`SignedIFNode` ("single-spike", the neuron of earlier versions, kept for comparison): one spike
+of +theta_pos or -theta_neg per step at most; it lags behind late or sign-swinging drive and mixes
++theta_pos and -theta_neg spikes into levels no quantiser models.
+
+Both kinds: per-channel thresholds as buffers in the state dict (same names), threshold guidance
+(`threshold_scale`), spikes leave the neuron weighted by their threshold (foldable into the next
+layer's weights, so it stays an accumulate), and a monitor counting spikes: every unit of a graded
+spike counts as one spike.
 """
 
 from __future__ import annotations
@@ -16,9 +25,112 @@ from __future__ import annotations
 import torch
 from spikingjelly.activation_based import surrogate
 from spikingjelly.activation_based.neuron import SimpleBaseNode
+from torch import nn
+
+from sdm.core.quantise import signed_counts
+
+NEURON_KINDS = ("exact", "single-spike")
 
 
-class SignedIFNode(SimpleBaseNode):
+class SiteNeuron(nn.Module):
+    """What both neuron kinds share: thresholds, threshold guidance, the twin's counts, the monitor."""
+
+    def _setup(self, channels: int, signed: bool, membrane_init: float) -> None:
+        self.signed = signed
+        self.membrane_init = membrane_init
+        self.threshold_scale = 1.0
+        self.register_buffer("threshold_pos", torch.ones(channels))
+        self.register_buffer("threshold_neg", torch.ones(channels))
+        self.monitor = False
+        self.reset_monitor()
+
+    def thresholds(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(theta_pos, theta_neg) with guidance applied, shaped to broadcast over `like` ([N, C, ...])."""
+        shape = (1, -1) + (1,) * (like.dim() - 2)
+        scale = self.threshold_scale
+        return self.threshold_pos.view(shape) * scale, self.threshold_neg.view(shape) * scale
+
+    def counts(self, cumulative: torch.Tensor, timesteps: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Ideal (ON, OFF) counts for a cumulative drive [N, C, ...]: the quantised twin's neuron."""
+        theta_pos, theta_neg = self.thresholds(cumulative)
+        return signed_counts(cumulative, theta_pos, theta_neg, timesteps, self.membrane_init, self.signed)
+
+    def count_spikes(self, spikes: float | torch.Tensor, neuron_steps: int) -> None:
+        """While monitoring, add a count of spike units (a tensor on the neuron's device, or a number)
+        over `neuron_steps`. Counts stay where they were computed: reading one on CUDA waits for the
+        device, so the sum is read once, by `spike_count`, not per site and step."""
+        if self.monitor:
+            self._spikes = self._spikes + spikes
+            self.neuron_steps += neuron_steps
+
+    @property
+    def spike_count(self) -> float:
+        """Spike units emitted since `reset_monitor()` (one host read of the accumulated count)."""
+        return float(self._spikes)
+
+    def reset_monitor(self) -> None:
+        self._spikes: torch.Tensor | float = 0.0
+        self.neuron_steps = 0
+
+
+class GradedIFNode(SiteNeuron):
+    """ON/OFF graded-spike IF neurons whose counts track the quantised cumulative drive (see above).
+
+    Stateless between calls: one call takes a whole [T, B, C, ...] sequence of cumulative drives
+    and returns the weighted spikes theta_pos * dON_t - theta_neg * dOFF_t of every step.
+    """
+
+    def __init__(self, channels: int, signed: bool, membrane_init: float, timesteps: int,
+                 max_payload: int | None = None) -> None:
+        super().__init__()
+        self._setup(channels, signed, membrane_init)
+        self.timesteps = timesteps
+        self.max_payload = max_payload
+
+    def reset(self) -> None:
+        """Nothing to clear: no state outlives a call (same interface as the single-spike neuron)."""
+
+    @property
+    def bounded(self) -> bool:
+        return self.max_payload is not None and self.max_payload < self.timesteps
+
+    def forward(self, cumulative: torch.Tensor) -> torch.Tensor:
+        steps = cumulative.shape[0]
+        on, off = self.counts(cumulative.flatten(0, 1), self.timesteps)
+        sides = [side.unflatten(0, (steps, -1)) for side in (on, off) if side is not None]
+        sides = [self._emitted(side) for side in sides]
+        changes = [_changes(side) for side in sides]
+        theta_pos, theta_neg = self.thresholds(cumulative[0])
+        spikes = theta_pos * changes[0]
+        if self.signed:
+            spikes = spikes - theta_neg * changes[1]
+        if self.monitor:
+            self.count_spikes(sum(change.detach().abs().sum() for change in changes), spikes.numel())
+        return spikes
+
+    def _emitted(self, counts: torch.Tensor) -> torch.Tensor:
+        """Counts actually emitted by each step: the ideal ones, or with at most B spikes per step
+        chasing them (the remainder carried to later steps)."""
+        if not self.bounded:
+            return counts
+        bound = float(self.max_payload)
+        emitted, total = [], torch.zeros_like(counts[0])
+        for target in counts:
+            total = total + (target - total).clamp(-bound, bound)
+            emitted.append(total)
+        return torch.stack(emitted)
+
+
+def _changes(counts: torch.Tensor) -> torch.Tensor:
+    """Per-step change of a [T, ...] count sequence (the first step's from 0): whole numbers."""
+    if counts.requires_grad:
+        return torch.cat([counts[:1], counts[1:] - counts[:-1]])
+    changes = counts.clone()
+    changes[1:] -= counts[:-1]
+    return changes
+
+
+class SignedIFNode(SiteNeuron, SimpleBaseNode):
     """Multi-step IF neuron, soft reset, per-channel thresholds, optional negative spikes.
 
     The membrane starts at `membrane_init * threshold` (0.5 makes the spike count round to
@@ -27,25 +139,13 @@ class SignedIFNode(SimpleBaseNode):
     """
 
     def __init__(self, channels: int, signed: bool, membrane_init: float = 0.5) -> None:
-        super().__init__(v_threshold=1.0, v_reset=None, surrogate_function=surrogate.ATan(), step_mode="m")
-        self.signed = signed
-        self.membrane_init = membrane_init
-        self.threshold_scale = 1.0
-        self.register_buffer("threshold_pos", torch.ones(channels))
-        self.register_buffer("threshold_neg", torch.ones(channels))
-        self.monitor = False
-        self.spike_count = 0.0
-        self.neuron_steps = 0
-
-    def _thresholds(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (1, -1) + (1,) * (like.dim() - 2)
-        scale = self.threshold_scale
-        return self.threshold_pos.view(shape) * scale, self.threshold_neg.view(shape) * scale
+        SimpleBaseNode.__init__(self, v_threshold=1.0, v_reset=None, surrogate_function=surrogate.ATan(), step_mode="m")
+        self._setup(channels, signed, membrane_init)
 
     def firing_levels(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(theta_pos, theta_neg, fire_pos, fire_neg) shaped like one step: a spike of +theta_pos
         fires when the (shifted) membrane reaches fire_pos, one of -theta_neg at fire_neg."""
-        theta_pos, theta_neg = self._thresholds(like)
+        theta_pos, theta_neg = self.thresholds(like)
         margin = 1.0 - self.membrane_init
         return theta_pos, theta_neg, margin * theta_pos, -margin * theta_neg
 
@@ -53,7 +153,7 @@ class SignedIFNode(SimpleBaseNode):
         self.v = self.v + x
 
     def neuronal_fire(self) -> torch.Tensor:
-        theta_pos, theta_neg = self._thresholds(self.v)
+        theta_pos, theta_neg = self.thresholds(self.v)
         margin = 1.0 - self.membrane_init
         weighted = theta_pos * self.surrogate_function(self.v - margin * theta_pos)
         if self.signed:
@@ -99,9 +199,4 @@ class SignedIFNode(SimpleBaseNode):
 
     def _count(self, weighted: torch.Tensor) -> None:
         if self.monitor:
-            self.spike_count += float(torch.count_nonzero(weighted))
-            self.neuron_steps += weighted.numel()
-
-    def reset_monitor(self) -> None:
-        self.spike_count = 0.0
-        self.neuron_steps = 0
+            self.count_spikes(torch.count_nonzero(weighted), weighted.numel())

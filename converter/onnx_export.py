@@ -12,8 +12,6 @@ otherwise the export fails loudly and nothing is left at the target.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -24,6 +22,7 @@ from torch import nn
 
 from sdm.converter.layers import SpikingActivation
 from sdm.converter.onnx_parity import TIE_TOLERANCE, pinned_run, sites_in_call_order
+from sdm.core.atomic import atomic_file
 from sdm.core.errors import SdmError
 
 OPSET = 17
@@ -81,68 +80,60 @@ def export_onnx(model: nn.Module, path: str | Path, sample_shape: tuple[int, int
     target = Path(path)
     if target.exists() and target.is_dir():
         raise ExportError(f"export target is a folder: {target}")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(handle)
-    except OSError as exc:
-        raise ExportError(f"cannot write {target}: {exc.strerror or exc}") from None
-    staging = Path(staging_name)
     model = model.eval()
     wrapped = _EpsAndSpikes(model).eval()
     chosen = getattr(model, "inputs_per_pass", None)
     try:
-        example = _inputs(EXAMPLE_BATCH, sample_shape, seed)
-        _single_pass(model, EXAMPLE_BATCH)
-        site_names = [f"spikes:{site.site}" for site in sites_in_call_order(model, *example)]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapped, example, str(staging), input_names=["x", "t"], output_names=["eps", *site_names],
-                dynamic_axes={"x": {0: "batch"}, "t": {0: "batch"}, "eps": {0: "batch"},
-                              **{name: {0: "steps_x_batch"} for name in site_names}},
-                opset_version=OPSET, dynamo=False,
-            )
-        onnx.checker.check_model(onnx.load(str(staging)))
-        session = onnxruntime.InferenceSession(str(staging), providers=["CPUExecutionProvider"])
-        checks, torch_seconds, ort_seconds = [], 0.0, 0.0
-        _single_pass(model, EXAMPLE_BATCH)
-        model(*example)  # warm-up, so neither runtime's timing includes first-call setup
-        session.run(None, {"x": example[0].numpy(), "t": example[1].numpy()})
-        for index, batch in enumerate(check_batches):
-            x, t = _inputs(batch, sample_shape, seed + 1 + index)
-            _single_pass(model, batch)
-            start = time.perf_counter()
-            reference = model(x, t).sample.numpy()
-            torch_seconds += time.perf_counter() - start
-            start = time.perf_counter()
-            got, *spikes = session.run(None, {"x": x.numpy(), "t": t.numpy()})
-            ort_seconds += time.perf_counter() - start
-            pinned, ties = pinned_run(model, x, t, spikes) if spikes else (reference, {})
-            scale = max(float(np.abs(reference).max()), 1e-12)
-            checks.append({
-                "batch": batch, "timesteps": t.tolist(),
-                "max_abs_diff": float(np.abs(got - pinned).max()),
-                "relative_to_output_scale": float(np.abs(got - pinned).max()) / scale,
-                "free_running_relative_diff": float(np.abs(got - reference).max()) / scale,
-                **ties,
-            })
-        worst = max(c["relative_to_output_scale"] for c in checks)
-        worst_tie = max(c.get("worst_tie_distance", 0.0) for c in checks)
-        if worst > TOLERANCE:
-            raise ExportError(f"onnxruntime disagrees with PyTorch on the same spikes: max difference {worst:.2e} of the "
-                              f"output scale (tolerance {TOLERANCE:.0e}); nothing written to {target}")
-        if worst_tie > TIE_TOLERANCE:
-            raise ExportError(f"onnxruntime fires differently from PyTorch away from a threshold tie (membrane "
-                              f"{worst_tie:.2e} thresholds from firing, tolerance {TIE_TOLERANCE:.0e}); "
-                              f"nothing written to {target}")
-        os.replace(staging, target)
+        with atomic_file(target, ExportError, parents=True) as staging:
+            example = _inputs(EXAMPLE_BATCH, sample_shape, seed)
+            _single_pass(model, EXAMPLE_BATCH)
+            site_names = [f"spikes:{site.site}" for site in sites_in_call_order(model, *example)]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    wrapped, example, str(staging), input_names=["x", "t"], output_names=["eps", *site_names],
+                    dynamic_axes={"x": {0: "batch"}, "t": {0: "batch"}, "eps": {0: "batch"},
+                                  **{name: {0: "steps_x_batch"} for name in site_names}},
+                    opset_version=OPSET, dynamo=False,
+                )
+            onnx.checker.check_model(onnx.load(str(staging)))
+            session = onnxruntime.InferenceSession(str(staging), providers=["CPUExecutionProvider"])
+            checks, torch_seconds, ort_seconds = [], 0.0, 0.0
+            _single_pass(model, EXAMPLE_BATCH)
+            model(*example)  # warm-up, so neither runtime's timing includes first-call setup
+            session.run(None, {"x": example[0].numpy(), "t": example[1].numpy()})
+            for index, batch in enumerate(check_batches):
+                x, t = _inputs(batch, sample_shape, seed + 1 + index)
+                _single_pass(model, batch)
+                start = time.perf_counter()
+                reference = model(x, t).sample.numpy()
+                torch_seconds += time.perf_counter() - start
+                start = time.perf_counter()
+                got, *spikes = session.run(None, {"x": x.numpy(), "t": t.numpy()})
+                ort_seconds += time.perf_counter() - start
+                pinned, ties = pinned_run(model, x, t, spikes) if spikes else (reference, {})
+                scale = max(float(np.abs(reference).max()), 1e-12)
+                checks.append({
+                    "batch": batch, "timesteps": t.tolist(),
+                    "max_abs_diff": float(np.abs(got - pinned).max()),
+                    "relative_to_output_scale": float(np.abs(got - pinned).max()) / scale,
+                    "free_running_relative_diff": float(np.abs(got - reference).max()) / scale,
+                    **ties,
+                })
+            worst = max(c["relative_to_output_scale"] for c in checks)
+            worst_tie = max(c.get("worst_tie_distance", 0.0) for c in checks)
+            if worst > TOLERANCE:
+                raise ExportError(f"onnxruntime disagrees with PyTorch on the same spikes: max difference {worst:.2e} of the "
+                                  f"output scale (tolerance {TOLERANCE:.0e}); nothing written to {target}")
+            if worst_tie > TIE_TOLERANCE:
+                raise ExportError(f"onnxruntime fires differently from PyTorch away from a threshold tie (membrane "
+                                  f"{worst_tie:.2e} thresholds from firing, tolerance {TIE_TOLERANCE:.0e}); "
+                                  f"nothing written to {target}")
     except ExportError:
         raise
     except Exception as exc:  # the exporter and checker raise many types; name the cause in one line
         raise ExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     finally:
-        staging.unlink(missing_ok=True)
         if hasattr(model, "set_inputs_per_pass"):
             model.set_inputs_per_pass(chosen)
     return {

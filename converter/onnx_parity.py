@@ -43,9 +43,12 @@ def _tie_distance(site: SpikingActivation, current: torch.Tensor, forced: torch.
     before being pinned, so after one tie its later spikes may legitimately differ too.
     """
     steps = site.timesteps
+    disagree = disagree.unflatten(0, (steps, -1))
+    if site.exact:  # counts depend on the cumulative drive alone, not on the spike history
+        first = disagree & (disagree.int().cumsum(dim=0) == 1)
+        return float(site.decision_distance(current)[first].max())
     drive = site.drive_sequence(current)
     spikes = forced.unflatten(0, (steps, -1))  # sites emit spikes only (bias correction folded downstream)
-    disagree = disagree.unflatten(0, (steps, -1))
     theta_pos, theta_neg, fire_pos, fire_neg = site.neuron.firing_levels(drive[0])
     v = torch.zeros_like(drive[0])
     seen = torch.zeros_like(disagree[0])
@@ -77,7 +80,7 @@ def pinned_run(model: nn.Module, x: torch.Tensor, t: torch.Tensor, forced: list[
         target = torch.from_numpy(next(calls)).to(output)
         # A different decision moves the output by a whole threshold; last-bit differences in the
         # spike values (another runtime adding the bias current) are left to the output check.
-        theta_pos, theta_neg, _, _ = site.neuron.firing_levels(output)
+        theta_pos, theta_neg = site.neuron.thresholds(output)
         disagree = (output - target).abs() > 0.5 * torch.minimum(theta_pos, theta_neg)
         stats["neuron_steps"] += output.numel()
         if disagree.any():

@@ -12,7 +12,8 @@ NORM_MODES = ("running", "frozen")
 ATTENTION_MODES = ("running", "instant")
 INPUT_ENCODINGS = ("analog", "spikes")
 THRESHOLD_METHODS = ("max", "percentile", "mse")
-GRANULARITIES = ("channel", "layer")
+GRANULARITIES = ("channel", "layer", "auto")
+NEURONS = ("exact", "single-spike")
 SPIKING_LEVELS = ("hybrid", "residual", "full")
 LEGACY_SPIKING = "hybrid"  # what a saved policy without the field meant: it predates the other levels
 
@@ -26,6 +27,9 @@ class ConversionPolicy:
     """Options of one conversion; see README "Conversion policy" for what each one means.
 
     timesteps: SNN time steps per UNet evaluation (T).
+    neuron: "exact" graded-spike ON/OFF neurons whose count after T steps is the quantised twin's
+        (converter/neurons.py); "single-spike" the one-spike-per-step IF neuron of earlier versions.
+    max_payload: spikes a side of an exact neuron may emit per step (None: T, which is exact).
     negative_lobe: "signed" neurons emit -1/+1 spikes and follow SiLU exactly (its negative lobe
         included); "relu" uses plain IF neurons, i.e. a ReLU proxy for SiLU.
     norm: "running" evaluates GroupNorm on the running mean of the neuron's input current;
@@ -35,7 +39,8 @@ class ConversionPolicy:
     membrane_init: initial membrane potential as a fraction of the threshold (0.5 rounds).
     input_encoding: "analog" injects conv_in(x) as a current every step; "spikes" encodes x with
         signed IF neurons so conv_in is spike-driven too.
-    threshold_method / percentile / granularity: how thresholds come from calibration statistics.
+    threshold_method / percentile / granularity: how thresholds come from calibration statistics
+        ("auto" granularity: per channel where that beats the layer's clip, see calibration/thresholds.py).
     bias_correction: add the calibration-measured mean quantisation error back as a constant current.
     layerwise: refit thresholds and bias currents site by site on the SNN's own inputs against
         the ANN's activations (see converter/layerwise.py); `matching_inputs` calibration x_t.
@@ -48,6 +53,8 @@ class ConversionPolicy:
     """
 
     timesteps: int = 4
+    neuron: str = "exact"
+    max_payload: int | None = None
     negative_lobe: str = "signed"
     norm: str = "running"
     attention: str = "running"
@@ -65,6 +72,9 @@ class ConversionPolicy:
     def __post_init__(self) -> None:
         if not isinstance(self.timesteps, int) or self.timesteps < 1:
             raise PolicyError(f"timesteps must be an integer >= 1, got {self.timesteps!r}")
+        _check_choice("neuron", self.neuron, NEURONS)
+        if self.max_payload is not None and (not isinstance(self.max_payload, int) or self.max_payload < 1):
+            raise PolicyError(f"max_payload must be an integer >= 1 or None (T), got {self.max_payload!r}")
         _check_choice("negative_lobe", self.negative_lobe, NEGATIVE_LOBES)
         _check_choice("norm", self.norm, NORM_MODES)
         _check_choice("attention", self.attention, ATTENTION_MODES)

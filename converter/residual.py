@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdm.converter.layers import SpikingActivation, expectation_increments
+from sdm.converter.layers import SpikingActivation, TimeFolded, expectation_increments
 
 
 def feeding_site(layer: nn.Module) -> SpikingActivation | None:
@@ -150,7 +150,7 @@ def spiking_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
     return out if shifts is None else out + shifts[2]
 
 
-class SpikeDrivenAttention(nn.Module):
+class SpikeDrivenAttention(TimeFolded):
     """Spatial self-attention with spike-driven projections ("residual") and products ("full").
 
     The attention GroupNorm runs on the running mean of the residual stream (its increments feed
@@ -158,6 +158,8 @@ class SpikeDrivenAttention(nn.Module):
     site's spikes drive to_q, to_k, to_v. "residual": softmax attention on the running means of
     q, k, v, analog. "full": sites on q, k, v, `spiking_attention`, and a site on the attention
     output so to_out is spike-driven too. The residual connection adds the stream itself.
+    In closed form (one time average per input) the same code runs with T = 1: the sites are their
+    twins and every product is evaluated once on the averages.
     """
 
     def __init__(self, attention: nn.Module, timesteps: int, input_site: SpikingActivation,
@@ -183,7 +185,7 @@ class SpikeDrivenAttention(nn.Module):
         return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        attn, steps = self.attention, self.timesteps
+        attn, steps = self.attention, self.folded_steps
         height, width = hidden_states.shape[2], hidden_states.shape[3]
         tokens = hidden_states.flatten(2)  # [TB, C, HW]
         if attn.group_norm is not None:

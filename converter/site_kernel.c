@@ -91,3 +91,85 @@ int64_t fire_sites(float *restrict values, int64_t steps, int64_t rows, int64_t 
     free(previous);
     return spikes;
 }
+
+/* The exact (graded-spike) neuron: expectation-compensated cumulative drive, ON/OFF counts, their
+   per-step changes weighted by the thresholds, output shift, in place.
+
+   values as for fire_sites. The cumulative drive at step t (1-based) is D = t * clamp(value) or,
+   with TSM, the running sum (in double, as torch.cumsum on CPU) of p[t] times the increments.
+   ON count = clip(floor(max(D, 0) / theta_pos + init), 0, T), OFF the same for -D with theta_neg
+   (signed sites only): sdm.core.quantise.side_count. With max_payload > 0 each side emits at most
+   that many spikes per step and carries the rest. Written: theta_pos * dON - theta_neg * dOFF +
+   shift. Returns the number of spike units (|dON| + |dOFF| summed), -1 if out of memory. */
+SDM_CLONES
+int64_t fire_exact(float *restrict values, int64_t steps, int64_t rows, int64_t hw, int64_t channels,
+                   const float *threshold_pos, const float *threshold_neg, float scale, float init,
+                   int64_t is_signed, const float *tsm, const float *shift, int64_t max_payload,
+                   int64_t begin, int64_t end) {
+    float *restrict scratch = (float *)malloc(sizeof(float) * 3 * (size_t)hw);
+    double *restrict sum = (double *)malloc(sizeof(double) * (size_t)hw);
+    if (scratch == NULL || sum == NULL) { free(scratch); free(sum); return -1; }
+    float *restrict previous = scratch, *restrict on_emitted = scratch + hw, *restrict off_emitted = scratch + 2 * hw;
+    const float top = (float)steps, bound = (float)max_payload;
+    int64_t units = 0;
+    const int64_t step_stride = rows * hw;
+    for (int64_t r = begin; r < end; ++r) {
+        const int64_t c = r % channels;
+        const float tp = threshold_pos[c] * scale, tn = threshold_neg[c] * scale, sh = shift[c];
+        const float lo = is_signed ? -tn : -INFINITY, hi = is_signed ? tp : INFINITY;
+        int64_t fired = 0;
+        for (int64_t i = 0; i < hw; ++i) { previous[i] = 0.0f; on_emitted[i] = 0.0f; off_emitted[i] = 0.0f; sum[i] = 0.0; }
+        for (int64_t t = 0; t < steps; ++t) {
+            float *restrict x = values + t * step_stride + r * hw;
+            const float count = (float)(t + 1);
+            for (int64_t i = 0; i < hw; ++i) {
+                float value = x[i];
+                value = value < lo ? lo : value;
+                value = value > hi ? hi : value;
+                const float accumulated = value * count;
+                float cumulative = accumulated;
+                if (tsm) {
+                    const float drive = (accumulated - previous[i]) * tsm[t];
+                    previous[i] = accumulated;
+                    sum[i] += (double)drive;
+                    cumulative = (float)sum[i];
+                }
+                const float positive = cumulative < 0.0f ? 0.0f : cumulative;
+                float on = floorf(positive / tp + init);
+                on = on < 0.0f ? 0.0f : on;
+                on = on > top ? top : on;
+                if (max_payload > 0) {
+                    float change = on - on_emitted[i];
+                    change = change < -bound ? -bound : change;
+                    change = change > bound ? bound : change;
+                    on = on_emitted[i] + change;
+                }
+                const float d_on = on - on_emitted[i];
+                on_emitted[i] = on;
+                float w = tp * d_on;
+                fired += (int64_t)fabsf(d_on);
+                if (is_signed) {
+                    const float negative = -cumulative < 0.0f ? 0.0f : -cumulative;
+                    float off = floorf(negative / tn + init);
+                    off = off < 0.0f ? 0.0f : off;
+                    off = off > top ? top : off;
+                    if (max_payload > 0) {
+                        float change = off - off_emitted[i];
+                        change = change < -bound ? -bound : change;
+                        change = change > bound ? bound : change;
+                        off = off_emitted[i] + change;
+                    }
+                    const float d_off = off - off_emitted[i];
+                    off_emitted[i] = off;
+                    w = w - tn * d_off;
+                    fired += (int64_t)fabsf(d_off);
+                }
+                x[i] = w + sh;
+            }
+        }
+        units += fired;
+    }
+    free(scratch);
+    free(sum);
+    return units;
+}

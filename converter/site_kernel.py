@@ -7,8 +7,10 @@ clamps are not vectorised well on CPU). `site_kernel.c` does the same float arit
 same order in one loop, so outputs are bit-identical (tests/converter/test_execution.py).
 
 The C file is compiled on first use with the system C compiler into a per-user cache and loaded
-with ctypes (no Python headers, no torch extension build). Without a compiler, or with
-SDM_FUSED_SITES=0, the PyTorch path runs instead; `available()` says which one is in use.
+with ctypes (no Python headers, no torch extension build). Where the cache cannot be written, a
+one-line notice says so and the library is compiled into a temporary folder for this process
+only. Without a compiler, or with SDM_FUSED_SITES=0, the PyTorch path runs instead;
+`available()` says which one is in use.
 Row ranges run on Python threads (ctypes releases the GIL), as many as torch's thread count.
 """
 
@@ -19,6 +21,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from sdm.converter.neurons import SignedIFNode
+from sdm.converter.neurons import GradedIFNode, SiteNeuron
+from sdm.core.atomic import OutputError, atomic_file
 
 SOURCE = Path(__file__).with_name("site_kernel.c")
 FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC"]
@@ -41,17 +45,32 @@ def _cache_dir() -> Path:
     return Path(root) / "sdm-convert" / "kernels"
 
 
-def _compile(source: bytes, target: Path) -> None:
-    """Build the shared library next to `target` and move it in place (no half-written file)."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+def _compile(target: Path) -> None:
+    """Build the shared library at `target` atomically (no half-written file); OutputError when
+    `target`'s folder cannot be written, OSError without a compiler."""
+    configured = os.environ.get("CC")
+    compiler = shutil.which(configured) if configured else shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise OSError("no C compiler")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        built = Path(scratch) / target.name
+    with atomic_file(target, executable=True, parents=True) as built:
         subprocess.run([compiler, *FLAGS, "-x", "c", str(SOURCE), "-o", str(built)],
                        check=True, capture_output=True, timeout=120)
-        os.replace(built, target)
+
+
+def _load(name: str) -> ctypes.CDLL:
+    """The compiled library from the cache; where the cache cannot be written, say so in one line
+    and build a private copy for this process (the fused path stays on)."""
+    target = _cache_dir() / name
+    if not target.exists():
+        try:
+            _compile(target)
+        except OutputError as exc:
+            print(f"sdm: site-kernel cache not writable ({exc}); compiling it for this run only "
+                  "(set XDG_CACHE_HOME to a writable folder to keep it)", file=sys.stderr)
+            with tempfile.TemporaryDirectory(prefix="sdm-site-kernel-") as scratch:
+                _compile(Path(scratch) / name)
+                return ctypes.CDLL(str(Path(scratch) / name))  # stays mapped after the file is removed
+    return ctypes.CDLL(str(target))
 
 
 _enabled = os.environ.get("SDM_FUSED_SITES", "1") != "0"
@@ -60,19 +79,18 @@ _enabled = os.environ.get("SDM_FUSED_SITES", "1") != "0"
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
     try:
-        source = SOURCE.read_bytes()
-        key = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
-        target = _cache_dir() / f"site_kernel-{key}.so"
-        if not target.exists():
-            _compile(source, target)
-        library = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError):
+        key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+        library = _load(f"site_kernel-{key}.so")
+    except (OSError, subprocess.SubprocessError, OutputError):
         return None
     library.running_mean.argtypes = [_pointer, _pointer, _int, _int, _int, _int]
     library.running_mean.restype = None
     library.fire_sites.argtypes = [_pointer, _int, _int, _int, _int, _pointer, _pointer, ctypes.c_float, ctypes.c_float,
                                    _int, _pointer, _pointer, _int, _int]
     library.fire_sites.restype = _int
+    library.fire_exact.argtypes = [_pointer, _int, _int, _int, _int, _pointer, _pointer, ctypes.c_float, ctypes.c_float,
+                                   _int, _pointer, _pointer, _int, _int, _int]
+    library.fire_exact.restype = _int
     return library
 
 
@@ -125,21 +143,31 @@ def running_mean(seq: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def fire(values: torch.Tensor, neuron: SignedIFNode, shift: torch.Tensor, tsm: torch.Tensor | None) -> tuple[torch.Tensor, int]:
-    """Increments of t * clamp(values[t]) (times TSM's p[t]) into `neuron`'s kind of IF neurons
-    from rest, plus the per-channel output shift, written over `values` ([T, B, C, ...],
-    contiguous). Thresholds, clamp bounds and firing levels are derived in the kernel with
-    SignedIFNode.firing_levels' arithmetic. Returns (values, number of spikes)."""
+def fire(values: torch.Tensor, neuron: SiteNeuron, shift: torch.Tensor, tsm: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """`neuron`'s kind of site from rest on `values` ([T, B, C, ...], contiguous: the site's
+    nonlinearity on the running mean), plus the per-channel output shift, written over `values`.
+
+    Single-spike neurons get the increments of t * clamp(values[t]) (times TSM's p[t]), with
+    thresholds, clamp bounds and firing levels derived in the kernel with
+    SignedIFNode.firing_levels' arithmetic; exact neurons the cumulative drive and
+    sdm.core.quantise's counts (GradedIFNode). Returns (values, number of spikes: spike units
+    for graded spikes)."""
     steps, batch, channels = values.shape[0], values.shape[1], values.shape[2]
     hw = values[0, 0, 0].numel()
     rows = batch * channels
     library = _library()
-    scale, margin = float(neuron.threshold_scale), 1.0 - neuron.membrane_init
-    constants = (neuron.threshold_pos.data_ptr(), neuron.threshold_neg.data_ptr(), scale, margin, int(neuron.signed),
-                 _address(tsm), shift.data_ptr())
+    scale = float(neuron.threshold_scale)
+    pointers = (neuron.threshold_pos.data_ptr(), neuron.threshold_neg.data_ptr())
+    if isinstance(neuron, GradedIFNode):
+        payload = neuron.max_payload if neuron.bounded else 0
+        constants = (*pointers, scale, neuron.membrane_init, int(neuron.signed), _address(tsm), shift.data_ptr(), payload)
+        kernel = library.fire_exact
+    else:
+        constants = (*pointers, scale, 1.0 - neuron.membrane_init, int(neuron.signed), _address(tsm), shift.data_ptr())
+        kernel = library.fire_sites
 
     def run(begin: int, end: int) -> int:
-        return library.fire_sites(values.data_ptr(), steps, rows, hw, channels, *constants, begin, end)
+        return kernel(values.data_ptr(), steps, rows, hw, channels, *constants, begin, end)
 
     counts = _split(rows, run)
     if min(counts) < 0:

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import pickle
 import platform
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,20 +17,14 @@ from typing import Any
 import torch
 from diffusers import DDPMScheduler
 
+from sdm.core import atomic
 from sdm.core.errors import SdmError
+from sdm.core.untrusted import load_weights_only
 
 
 def save_checkpoint(state: dict[str, Any], path: Path, error: type[SdmError] = SdmError) -> None:
-    """Write atomically: a temporary file beside it, then os.replace (an interruption leaves the old one)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, temporary)
-        os.replace(temporary, path)
-    except OSError as exc:
-        raise error(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    """Write atomically (an interruption leaves the previous checkpoint)."""
+    atomic.torch_save(state, path, error)
 
 
 def check_output_folder(out: Path, checkpoint: str, resume: bool, overwrite: bool, what: str,
@@ -50,16 +41,14 @@ def check_output_folder(out: Path, checkpoint: str, resume: bool, overwrite: boo
         if (out / checkpoint).is_file():
             raise error(f"{out} holds a {what} checkpoint: pass --resume to continue it or --overwrite to start over")
         raise error(f"output folder exists and is not empty: {out} (pass --overwrite)")
+    atomic.probe_writable(out, error)
 
 
 def load_checkpoint(path: Path, expected_format: str, what: str, error: type[SdmError] = SdmError) -> dict[str, Any]:
     """Read a checkpoint with weights_only=True and check that it is one of ours, of the expected kind."""
     if not path.is_file():
         raise error(f"nothing to resume: no {path.name} in {path.parent}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        raise error(f"corrupt checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    state = load_weights_only(path, error, prefix="corrupt checkpoint ")
     if not isinstance(state, dict) or state.get("format") != expected_format:
         raise error(f"{path} is not an {what} checkpoint")
     return state
@@ -72,9 +61,7 @@ def write_loss_log(rows: Iterable[list[float]], header: list[str], path: Path) -
     writer.writerow(header)
     for step, *values in rows:
         writer.writerow([int(step), *(f"{v:.8g}" for v in values)])
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(buffer.getvalue())
-    os.replace(temporary, path)
+    atomic.write_text(path, buffer.getvalue())
 
 
 @torch.no_grad()

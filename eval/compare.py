@@ -17,14 +17,17 @@ from pathlib import Path
 
 
 from sdm.converter.allocator import retain_freed_memory
-from sdm.converter.export import atomic_folder, ensure_free_target, load_converted
+from sdm.converter.export import check_same_source, load_converted
+from sdm.converter.simulation import check_choice
+from sdm.eval import distributed
 from sdm.eval.images import save_grid_rows, save_npz_images, to_uint8
-from sdm.eval.paired import PairedSettings, check_same_source, measure_snn, sample_ann
+from sdm.eval.paired import PairedSettings, measure_snn, sample_ann
 from sdm.eval.plots import plot_metric_curves, plot_spike_rates
 from sdm.eval.report import FidContext, write_markdown
 from sdm.eval.sampling import add_sampling_arguments
 from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.zoo import DEFAULT_MODEL
+from sdm.core.atomic import atomic_folder, ensure_free_target
 from sdm.core.errors import SdmError, run_reporting_errors
 
 
@@ -37,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(p, num_samples=16, steps=20, batch_size=16)
     p.add_argument("--fid-ref", type=Path, default=None, help="reference Inception statistics (.npz from eval.reference_stats)")
     p.add_argument("--fid", action="store_true", help="compute FID between ANN and SNN samples even without --fid-ref")
+    p.add_argument("--simulation", default="steps", help="steps (default), closed-form (the quantised twin, ANN cost, "
+                   "no spikes counted) or both (steps plus closed form and their agreement in report.json)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     f = sub.add_parser("ann-fid", help="sample one ANN and measure its FID against reference statistics")
@@ -57,22 +62,24 @@ def _check_counts(args: argparse.Namespace) -> None:
 
 def ann_fid(args: argparse.Namespace) -> dict:
     """Sample the ANN from seeded noise and compare its Inception statistics with the reference."""
-    from sdm.core.devices import resolve_device
     from sdm.eval.fid import FeatureStats, InceptionFeatures, fid_from_stats
 
     _check_counts(args)
-    device = resolve_device(args.device)
+    device = distributed.start(vars(args), args.device)
     ensure_free_target(args.out, args.overwrite)
     reference = FeatureStats.load(args.fid_ref)
     source = load_source_model(args.ann)
     source.unet.to(device)
-    settings = PairedSettings(args.num_samples, args.steps, args.seed, args.sampler, args.batch_size, device)
+    settings = PairedSettings(args.num_samples, args.steps, args.seed, args.sampler, args.batch_size, device, args.tf32)
     _, run = sample_ann(source, settings)
+    if not distributed.is_writer():
+        return None
     images = to_uint8(run.samples)
     stats = FeatureStats.from_features(InceptionFeatures(device=str(device))(images))
     report = {
         "ann": source.describe(), "fid": fid_from_stats(stats, reference), "num_samples": args.num_samples,
-        "sampler": args.sampler, "steps": args.steps, "seed": args.seed, "device": str(device),
+        "sampler": args.sampler, "steps": args.steps, "seed": args.seed, "device": str(device), "tf32": args.tf32,
+        "processes": distributed.world_size(),
         "reference": {"path": str(args.fid_ref), "source": reference.source, "split": reference.split,
                       "count": reference.count},
         "seconds_in_unet": run.unet_seconds,
@@ -85,13 +92,12 @@ def ann_fid(args: argparse.Namespace) -> dict:
 
 
 def ann_vs_snn(args: argparse.Namespace) -> dict:
-    from sdm.core.devices import resolve_device
-
     _check_counts(args)
-    device = resolve_device(args.device)
+    device = distributed.start(vars(args), args.device)
     ensure_free_target(args.out, args.overwrite)
     source = load_source_model(args.ann)
     source.unet.to(device)
+    check_choice(args.simulation)
     labels = _labels(args.snn)
     snns = {}
     for label, folder in zip(labels, args.snn):
@@ -103,10 +109,12 @@ def ann_vs_snn(args: argparse.Namespace) -> dict:
         from sdm.eval.fid import FeatureStats
 
         reference = FeatureStats.load(args.fid_ref)
-    settings = PairedSettings(args.num_samples, args.steps, args.seed, args.sampler, args.batch_size, device)
+    settings = PairedSettings(args.num_samples, args.steps, args.seed, args.sampler, args.batch_size, device, args.tf32)
     noise, ann_run = sample_ann(source, settings)
     ann_images = to_uint8(ann_run.samples)
-    runs = [measure_snn(snn, source, noise, ann_run, settings, label) for label, snn in snns.items()]
+    runs = [measure_snn(snn, source, noise, ann_run, settings, label, args.simulation) for label, snn in snns.items()]
+    if not distributed.is_writer():
+        return None
     fid = FidContext(ann_images, reference, str(device)) if args.fid or reference is not None else None
     for run in runs:
         run["fid"] = fid.section(run["_images"]) if fid else FidContext.not_computed(args.num_samples)
@@ -145,6 +153,8 @@ def _report(args: argparse.Namespace, source, runs: list[dict]) -> dict:
         "steps": args.steps,
         "seed": args.seed,
         "device": str(args.device),
+        "tf32": args.tf32,
+        "processes": distributed.world_size(),
         **{k: first[k] for k in ("timesteps", "paired", "fid", "spike_rate", "energy", "time")},
         "runs": clean,
     }
@@ -153,22 +163,37 @@ def _report(args: argparse.Namespace, source, runs: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     retain_freed_memory()
+    try:
+        return _run(args)
+    finally:
+        distributed.close()
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "ann-fid":
         report, code = run_reporting_errors("compare.py", lambda: ann_fid(args))
-        if not code:
+        if not code and report is not None:
             print(f"ANN FID {report['fid']:.2f} ({report['num_samples']} samples, {report['sampler']} "
                   f"{report['steps']} steps, reference {report['reference']['source']} {report['reference']['split']})")
             print(f"wrote {args.out}")
         return code
     report, code = run_reporting_errors("compare.py", lambda: ann_vs_snn(args))
-    if code:
+    if code or report is None:  # report None: a torchrun rank other than 0, which writes nothing
         return code
     for run in report["runs"]:
         fid = run["fid"]
         fid_text = f", FID SNN vs ANN {fid['snn_vs_ann']:.2f}" if fid["snn_vs_ann"] is not None else ""
-        print(f"{run['label']}: T={run['timesteps']} PSNR {run['paired']['psnr_db']:.2f} dB, eps rel. L2 "
-              f"{run['paired']['eps_rel_l2']:.4f}, spike rate {run['spike_rate']['mean']:.3f}, energy SNN/ANN "
-              f"{run['energy']['snn_over_ann']:.3f} (quantised ANN {run['energy']['snn_over_quantised_ann']:.3f}), time SNN/ANN {run['time']['snn_over_ann']:.2f}{fid_text}")
+        spikes = "" if run["spike_rate"]["mean"] is None else (
+            f", spike rate {run['spike_rate']['mean']:.3f}, energy SNN/ANN {run['energy']['snn_over_ann']:.3f} "
+            f"(quantised ANN {run['energy']['snn_over_quantised_ann']:.3f})")
+        print(f"{run['label']}: T={run['timesteps']} ({run['simulation']}) PSNR {run['paired']['psnr_db']:.2f} dB, "
+              f"eps rel. L2 {run['paired']['eps_rel_l2']:.4f}{spikes}, time SNN/ANN {run['time']['snn_over_ann']:.2f}"
+              f"{fid_text}")
+        if "equivalence" in run:
+            eq = run["equivalence"]
+            print(f"  equivalence: counts differ {eq['count_differs_fraction']:.2e} (ties {eq['count_differs_ties_fraction']:.2e}), "
+                  f"closed-form PSNR {run['closed_form']['paired']['psnr_db']:.2f} dB, largest eps rel. difference "
+                  f"{eq['largest_eps_relative_difference']:.2e}, closed-form/steps time {eq['closed_form_over_steps_time']:.3f}")
     print(f"wrote {args.out}")
     return 0
 

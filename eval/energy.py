@@ -202,6 +202,17 @@ class Activity:
     def per_image(self) -> dict[str, float]:
         return {path: acs / max(self.layer_images[path], 1.0) for path, acs in self.layer_acs.items()}
 
+    def summed(self, sum_counts) -> "Activity":
+        """This activity summed over the processes of a sharded run (`sum_counts`: eval/distributed.py)."""
+        total = Activity()
+        for path, (acs, images) in sum_counts({p: (self.layer_acs[p], self.layer_images[p])
+                                               for p in self.layer_acs}).items():
+            total.layer_acs[path], total.layer_images[path] = acs, images
+        keys = ("acs", "macs", "images")
+        for path, values in sum_counts({p: [self.attention[p][k] for k in keys] for p in self.attention}).items():
+            total.attention[path].update(zip(keys, values))
+        return total
+
 
 class ActivityMonitor:
     """Hooks that count what a converted model's spikes make its layers do, while active.
@@ -212,9 +223,9 @@ class ActivityMonitor:
     v and the entries of S_{t-1} already reached, from its sites' outputs.
     """
 
-    def __init__(self, snn: SpikingUNet2DModel) -> None:
+    def __init__(self, snn: SpikingUNet2DModel, activity: Activity | None = None) -> None:
         self.snn = snn
-        self.activity = Activity()
+        self.activity = Activity() if activity is None else activity
         self._fan_outs: dict[tuple[str, int, int], torch.Tensor] = {}
         self._handles: list = []
 

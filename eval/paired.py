@@ -5,6 +5,7 @@ This is the library behind `eval/compare.py ann-vs-snn` and the calibration swee
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,11 +13,13 @@ import numpy as np
 import torch
 
 from sdm.converter.model import SpikingUNet2DModel
-from sdm.eval.energy import ActivityMonitor, count_operations, energy_estimate
+from sdm.converter.simulation import check_choice
+from sdm.eval import distributed
+from sdm.eval.energy import Activity, ActivityMonitor, count_operations, energy_estimate
+from sdm.converter.equivalence import ProbeRecorder, equivalence_section, probe_calls
 from sdm.eval.images import psnr, to_uint8
 from sdm.eval.sampling import Trajectory, as_eps_function, initial_noise, run_sampler
 from sdm.pretrained.loading import SourceModel
-from sdm.core.errors import SdmError
 
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; means use this cap
 
@@ -29,46 +32,73 @@ class PairedSettings:
     sampler: str = "ddim"
     batch_size: int = 16
     device: str | torch.device = "cpu"
+    tf32: bool = False  # see core.devices.set_tf32: off keeps ANN and SNN on the same float32 arithmetic
 
 
-class SourceMismatchError(SdmError):
-    """A converted model was made from another source model than the ANN it is compared with."""
-
-
-def check_same_source(snn: SpikingUNet2DModel, source: SourceModel, label: str) -> None:
-    recorded = (snn.config.provenance or {}).get("source", {}).get("fingerprint")
-    actual = source.describe()["fingerprint"]
-    if recorded != actual:
-        raise SourceMismatchError(
-            f"{label} was converted from another model (fingerprint {recorded}) than the ANN given ({actual})"
-        )
+def _sample(unet, noise: torch.Tensor, source: SourceModel, settings: PairedSettings, desc: str,
+            reference=None) -> Trajectory:
+    """run_sampler over this process's share of the batches, gathered from every process."""
+    part = run_sampler(unet, noise, settings.sampler, source.scheduler_config, settings.steps, settings.seed,
+                       settings.batch_size, settings.device, reference=reference, desc=desc,
+                       chunks=distributed.my_batches(len(noise), settings.batch_size), tf32=settings.tf32)
+    return distributed.gather_trajectory(part)
 
 
 def sample_ann(source: SourceModel, settings: PairedSettings) -> tuple[torch.Tensor, Trajectory]:
     config = source.unet.config
     noise = initial_noise(settings.num_samples, (config.in_channels, config.sample_size, config.sample_size), settings.seed)
-    run = run_sampler(as_eps_function(source.unet), noise, settings.sampler, source.scheduler_config, settings.steps,
-                      settings.seed, settings.batch_size, settings.device, desc="ANN sampling")
-    return noise, run
+    return noise, _sample(as_eps_function(source.unet), noise, source, settings, "ANN sampling")
 
 
 def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, ann_run: Trajectory,
-                settings: PairedSettings, label: str) -> dict[str, Any]:
-    """Sample with the SNN from the ANN's noises and compute paired metrics, rates, energy, time."""
-    snn.set_monitor(True)
+                settings: PairedSettings, label: str, simulation: str = "steps") -> dict[str, Any]:
+    """Sample with the SNN from the ANN's noises and compute paired metrics, rates, energy, time.
+
+    simulation: "steps" (spikes, rates, energy), "closed-form" (the quantised twin at the ANN's
+    cost; no spikes to count), or "both": steps as the result, plus the closed form's metrics and
+    an `equivalence` section (converter/equivalence.py) on inputs the step sampler visited.
+    """
+    check_choice(simulation)
+    if simulation == "closed-form":
+        result = _measure(snn, source, noise, ann_run, settings, label, closed_form=True)
+    else:
+        probe = ProbeRecorder(as_eps_function(snn), probe_calls(settings.steps)) if simulation == "both" else None
+        result = _measure(snn, source, noise, ann_run, settings, label, closed_form=False, eps=probe)
+        if probe is not None:
+            closed = _measure(snn, source, noise, ann_run, settings, label, closed_form=True)
+            ratio = closed["time"]["snn_seconds_per_unet_eval"] / result["time"]["snn_seconds_per_unet_eval"]
+            result["closed_form"] = {key: closed[key] for key in ("paired", "time")}
+            result["equivalence"] = equivalence_section(snn, probe.inputs, ratio)
+    result["simulation"] = simulation
+    return result
+
+
+def _measure(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, ann_run: Trajectory,
+             settings: PairedSettings, label: str, closed_form: bool, eps=None) -> dict[str, Any]:
+    snn.set_simulation("closed-form" if closed_form else "steps")
+    snn.set_monitor(not closed_form)
     try:
-        with ActivityMonitor(snn) as activity:
-            run = run_sampler(as_eps_function(snn), noise, settings.sampler, source.scheduler_config, settings.steps,
-                              settings.seed, settings.batch_size, settings.device,
-                              reference=as_eps_function(source.unet), desc=f"SNN sampling ({label})")
-        rates = {name: n.spike_count / max(n.neuron_steps, 1) for name, n in snn.neurons().items()}
-        total_spikes = sum(n.spike_count for n in snn.neurons().values())
-        total_steps = sum(n.neuron_steps for n in snn.neurons().values())
+        activity = Activity()
+        with nullcontext() if closed_form else ActivityMonitor(snn, activity):
+            run = _sample(eps or as_eps_function(snn), noise, source, settings, f"SNN sampling ({label})",
+                          reference=as_eps_function(source.unet))
+        activity = activity.summed(distributed.sum_counts)
+        counts = distributed.sum_counts({name: (n.spike_count, n.neuron_steps) for name, n in snn.neurons().items()})
+        rates = {name: spikes / max(steps, 1) for name, (spikes, steps) in counts.items()}
+        total_spikes = sum(spikes for spikes, _ in counts.values())
+        total_steps = sum(steps for _, steps in counts.values())
     finally:
         snn.set_monitor(False)
+        snn.set_simulation("steps")
     ann_images, snn_images = to_uint8(ann_run.samples), to_uint8(run.samples)
     per_image = psnr(ann_images, snn_images)
-    energy = energy_estimate(snn, count_operations(snn), activity, rates)
+    if closed_form:  # no spikes were simulated: nothing to count rates or energy from
+        spike_rate = {"mean": None, "per_site": {}}
+        energy: dict[str, Any] = {"snn_over_ann": None,
+                                  "convention": "not measured: the closed form simulates no spikes (use --simulation both)"}
+    else:
+        spike_rate = {"mean": total_spikes / max(total_steps, 1), "per_site": rates}
+        energy = energy_estimate(snn, count_operations(snn), activity, rates)
     ann_eval, snn_eval = ann_run.unet_seconds / ann_run.unet_calls, run.unet_seconds / run.unet_calls
     return {
         "label": label,
@@ -82,7 +112,7 @@ def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tenso
             "eps_cosine": float(np.mean(run.eps_cosine)),
             "eps_cosine_per_step": run.eps_cosine,
         },
-        "spike_rate": {"mean": total_spikes / max(total_steps, 1), "per_site": rates},
+        "spike_rate": spike_rate,
         "energy": energy,
         "time": {
             "ann_seconds_per_unet_eval": ann_eval,

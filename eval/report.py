@@ -70,7 +70,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "",
         f"Source: `{report['ann']['origin']}` (fingerprint {report['ann']['fingerprint']}); "
         f"{report['num_samples']} samples, {report['sampler']} {report['steps']} steps, seed {report['seed']}, "
-        f"device {report['device']}.",
+        f"device {report['device']}, TF32 {'on' if report.get('tf32') else 'off'}, "
+        f"{report.get('processes', 1)} process(es).",
         "",
         "| model | spiking | T | PSNR (dB) | eps rel. L2 | eps cosine | spike rate | energy SNN/ANN | energy SNN/quantised ANN | time SNN/ANN | FID SNN vs ANN | FID ANN | FID SNN |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",

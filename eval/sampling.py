@@ -9,14 +9,15 @@ of the predicted noise then measures the UNet alone, not the drift of two trajec
 from __future__ import annotations
 
 import argparse
-import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
+from sdm.core.devices import DEVICE_HELP, CallTimer, tf32_mode
 from sdm.core.errors import SdmError
 
 SAMPLERS = ("ddim", "ddpm", "dpm")
@@ -30,7 +31,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, num_samples: int,
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="ddim (eta 0, default), ddpm, dpm (DPM-Solver++)")
     parser.add_argument("--batch-size", type=int, default=batch_size, help=f"images per batch (default {batch_size})")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    parser.add_argument("--device", default="cpu", help=DEVICE_HELP + " (default cpu)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="let CUDA round float32 convolutions and matmuls through TF32 (default off: paired "
+                             "comparisons want the same float32 arithmetic in ANN and SNN; the report records it)")
 
 
 def make_sampler(name: str, scheduler_config: dict, steps: int):
@@ -56,13 +60,31 @@ def initial_noise(num_samples: int, shape: tuple[int, ...], seed: int) -> torch.
 
 @dataclass
 class Trajectory:
-    """Final samples in [-1, 1] and, when a reference UNet was given, per-step eps errors."""
+    """Final samples in [-1, 1] and, when a reference UNet was given, per-sample, per-step eps errors.
+
+    `indices` are the global indices of the samples it holds (all of them unless sharded), so
+    partial trajectories of several processes reassemble in order (eval/distributed.py).
+    """
 
     samples: torch.Tensor
-    eps_rel_l2: list[float] = field(default_factory=list)
-    eps_cosine: list[float] = field(default_factory=list)
+    indices: torch.Tensor | None = None
+    eps_rel_l2_samples: torch.Tensor | None = None  # [samples, steps]
+    eps_cosine_samples: torch.Tensor | None = None
     unet_seconds: float = 0.0
     unet_calls: int = 0
+
+    @property
+    def eps_rel_l2(self) -> list[float]:
+        """Mean over samples of the relative L2 eps error, per sampler step ([] without reference)."""
+        return _per_step_mean(self.eps_rel_l2_samples)
+
+    @property
+    def eps_cosine(self) -> list[float]:
+        return _per_step_mean(self.eps_cosine_samples)
+
+
+def _per_step_mean(values: torch.Tensor | None) -> list[float]:
+    return [] if values is None else values.double().mean(dim=0).tolist()
 
 
 @torch.no_grad()
@@ -77,41 +99,59 @@ def run_sampler(
     device: str | torch.device = "cpu",
     reference: UNet | None = None,
     desc: str = "sampling",
+    chunks: Sequence[int] | None = None,
+    tf32: bool = False,
 ) -> Trajectory:
-    """Sample from `noise` with `unet`; with `reference`, measure eps error at every step."""
-    chunks = noise.split(batch_size)
+    """Sample from `noise` with `unet`; with `reference`, measure eps error at every step.
+
+    The noise runs in batches of `batch_size` (`chunks`: only these batch indices, for a shard);
+    a stochastic sampler's generator is keyed by the batch's global index, so a sample does not
+    depend on which process runs its batch. UNet time is measured with device synchronisation
+    (core.devices.CallTimer); TF32 stays off unless `tf32` (core.devices.set_tf32). Errors and
+    counters stay on the device until the end: no host sync per step.
+    """
+    batches = noise.split(batch_size)
+    chunks = list(range(len(batches))) if chunks is None else list(chunks)
     num_steps = len(make_sampler(sampler, scheduler_config, steps).timesteps)
     progress = tqdm(total=len(chunks) * num_steps, desc=desc, unit="step")
-    outputs, rel_sums, cos_sums = [], torch.zeros(num_steps), torch.zeros(num_steps)
-    seconds, calls = 0.0, 0
-    for index, chunk in enumerate(chunks):
-        scheduler = make_sampler(sampler, scheduler_config, steps)
-        generator = torch.Generator(device="cpu").manual_seed(seed * 1000003 + index)
-        x = chunk.to(device) * scheduler.init_noise_sigma
-        for step, t in enumerate(scheduler.timesteps):
-            model_input = scheduler.scale_model_input(x, t)
-            start = time.perf_counter()
-            eps = unet(model_input, t)
-            seconds += time.perf_counter() - start
-            calls += 1
+    outputs, rel, cos = [], [], []
+    timer, calls = CallTimer(device), 0
+    with tf32_mode(tf32):
+        for index in chunks:
+            scheduler = make_sampler(sampler, scheduler_config, steps)
+            generator = torch.Generator(device="cpu").manual_seed(seed * 1000003 + index)
+            x = batches[index].to(device) * scheduler.init_noise_sigma
+            chunk_rel, chunk_cos = [], []
+            for t in scheduler.timesteps:
+                model_input = scheduler.scale_model_input(x, t)
+                with timer():
+                    eps = unet(model_input, t)
+                calls += 1
+                if reference is not None:
+                    ref = reference(model_input, t).flatten(1)
+                    got = eps.flatten(1)
+                    chunk_rel.append((got - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-12))
+                    chunk_cos.append(torch.nn.functional.cosine_similarity(got, ref, dim=1))
+                kwargs = {"eta": 0.0} if sampler == "ddim" else {}
+                if sampler == "ddpm":
+                    kwargs["generator"] = generator
+                x = scheduler.step(eps, t, x, **kwargs).prev_sample
+                progress.update()
+            outputs.append(x.clamp(-1, 1).cpu())
             if reference is not None:
-                ref = reference(model_input, t).flatten(1)
-                got = eps.flatten(1)
-                rel_sums[step] += ((got - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-12)).sum().cpu()
-                cos_sums[step] += torch.nn.functional.cosine_similarity(got, ref, dim=1).sum().cpu()
-            kwargs = {"eta": 0.0} if sampler == "ddim" else {}
-            if sampler == "ddpm":
-                kwargs["generator"] = generator
-            x = scheduler.step(eps, t, x, **kwargs).prev_sample
-            progress.update()
-        outputs.append(x.clamp(-1, 1).cpu())
+                rel.append(torch.stack(chunk_rel, dim=1).cpu())
+                cos.append(torch.stack(chunk_cos, dim=1).cpu())
     progress.close()
-    count = noise.shape[0]
-    trajectory = Trajectory(samples=torch.cat(outputs), unet_seconds=seconds, unet_calls=calls)
-    if reference is not None:
-        trajectory.eps_rel_l2 = (rel_sums / count).tolist()
-        trajectory.eps_cosine = (cos_sums / count).tolist()
-    return trajectory
+    indices = torch.arange(len(noise)).split(batch_size)
+    return Trajectory(samples=torch.cat(outputs) if outputs else noise[:0].cpu(),
+                      indices=torch.cat([indices[k] for k in chunks]) if chunks else torch.zeros(0, dtype=torch.long),
+                      eps_rel_l2_samples=_rows(rel, num_steps) if reference is not None else None,
+                      eps_cosine_samples=_rows(cos, num_steps) if reference is not None else None,
+                      unet_seconds=timer.seconds, unet_calls=calls)
+
+
+def _rows(parts: list[torch.Tensor], columns: int) -> torch.Tensor:
+    return torch.cat(parts) if parts else torch.zeros(0, columns)
 
 
 def as_eps_function(model: torch.nn.Module) -> UNet:

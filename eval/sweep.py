@@ -22,17 +22,19 @@ from sdm.calibration.record import CalibrationRecord
 from sdm.converter.allocator import retain_freed_memory
 from sdm.core.devices import resolve_device
 from sdm.converter.convert import convert
-from sdm.converter.export import atomic_folder, ensure_free_target
 from sdm.converter.policy import SPIKING_LEVELS, THRESHOLD_METHODS, ConversionPolicy
+from sdm.converter.simulation import check_choice
 from sdm.eval.paired import PairedSettings, measure_snn, sample_ann
 from sdm.eval.plots import plot_metric_curves, plot_pareto, plot_spike_rates
 from sdm.eval.sampling import add_sampling_arguments
 from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.zoo import DEFAULT_MODEL
+from sdm.core.atomic import atomic_folder, ensure_free_target
 from sdm.core.errors import SdmError, run_reporting_errors
 
 COLUMNS = ["spiking", "method", "percentile", "timesteps", "threshold_scale", "psnr_db", "eps_rel_l2", "eps_cosine",
-           "spike_rate", "energy_snn_over_ann", "energy_snn_over_quantised_ann", "time_snn_over_ann"]
+           "spike_rate", "energy_snn_over_ann", "energy_snn_over_quantised_ann", "time_snn_over_ann", "simulation",
+           "closed_form_psnr_db", "count_differs_fraction"]
 
 
 def _floats(text: str) -> list[float]:
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--percentiles", default="99.9", help="comma list, used with the percentile method (default 99.9)")
     p.add_argument("--timesteps", default="4", help="comma list of T (default 4)")
     p.add_argument("--scales", default="1.0", help="comma list of threshold scales (TG; default 1.0)")
+    p.add_argument("--simulation", default="steps", help="steps (default), closed-form (quantised twin, ANN cost) or both")
     p.add_argument("--policy", default="{}", help='other conversion options as JSON, e.g. \'{"negative_lobe": "relu"}\'')
     add_sampling_arguments(p, num_samples=8, steps=20, batch_size=16)
     p.add_argument("--out", type=Path, required=True)
@@ -85,6 +88,7 @@ def sweep(args: argparse.Namespace) -> list[dict]:
         extra = json.loads(args.policy)
     except json.JSONDecodeError as exc:
         raise SdmError(f"--policy is not JSON: {exc}") from None
+    check_choice(args.simulation)
     combos = grid(args)
     for level, method, percentile, t, scale in combos:  # validate every policy before any work
         ConversionPolicy.from_dict({**extra, "spiking": level, "threshold_method": method, "percentile": percentile,
@@ -94,7 +98,7 @@ def sweep(args: argparse.Namespace) -> list[dict]:
     record = CalibrationRecord.load(args.record)
     record.check_source(source.describe()["fingerprint"])
     source.unet.to(device)
-    settings = PairedSettings(args.num_samples, args.steps, args.seed, args.sampler, args.batch_size, device)
+    settings = PairedSettings(args.num_samples, args.steps, args.seed, args.sampler, args.batch_size, device, args.tf32)
     noise, ann_run = sample_ann(source, settings)
     rows = []
     converted: dict[tuple, object] = {}
@@ -107,14 +111,18 @@ def sweep(args: argparse.Namespace) -> list[dict]:
             converted = {key: convert(source, record, policy, device)}  # keep one model in memory
         snn = converted[key]
         snn.set_threshold_scale(scale)
-        run = measure_snn(snn, source, noise, ann_run, settings, f"{level}-{method}-p{percentile}-T{t}-s{scale}")
+        run = measure_snn(snn, source, noise, ann_run, settings, f"{level}-{method}-p{percentile}-T{t}-s{scale}",
+                          args.simulation)
+        both = run.get("equivalence")
         rows.append({
             "spiking": level, "method": method, "percentile": percentile if method == "percentile" else None,
             "timesteps": t, "threshold_scale": scale, "psnr_db": run["paired"]["psnr_db"],
             "eps_rel_l2": run["paired"]["eps_rel_l2"], "eps_cosine": run["paired"]["eps_cosine"],
             "spike_rate": run["spike_rate"]["mean"], "energy_snn_over_ann": run["energy"]["snn_over_ann"],
-            "energy_snn_over_quantised_ann": run["energy"]["snn_over_quantised_ann"],
-            "time_snn_over_ann": run["time"]["snn_over_ann"],
+            "energy_snn_over_quantised_ann": run["energy"].get("snn_over_quantised_ann"),
+            "time_snn_over_ann": run["time"]["snn_over_ann"], "simulation": args.simulation,
+            "closed_form_psnr_db": run["closed_form"]["paired"]["psnr_db"] if both else None,
+            "count_differs_fraction": both["count_differs_fraction"] if both else None,
         })
         details.append({"label": run["label"], "policy": run["policy"], "spike_rate_per_site": run["spike_rate"]["per_site"],
                         "energy": run["energy"], "psnr_db_per_image": run["paired"]["psnr_db_per_image"]})

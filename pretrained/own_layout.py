@@ -15,8 +15,6 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import pickle
-import tempfile
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
@@ -25,7 +23,9 @@ from typing import Any
 import torch
 from diffusers import UNet2DModel
 
+from sdm.core import atomic
 from sdm.core.errors import SdmError
+from sdm.core.untrusted import load_weights_only
 
 TIME_TABLE_KEY = "time_embedding.timembedding.0.weight"
 # Rows of the regenerated timestep table: the DDPM CIFAR-10 schedule's number of steps.
@@ -436,25 +436,6 @@ def infer_own_layout_config(
     return cfg
 
 
-def _torch_load_weights_only(path: Path) -> Any:
-    """Tensors and plain containers only; anything needing Python code is refused, not executed."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    # torch.load raises many types on arbitrary bytes (UnpicklingError, RuntimeError, EOFError, ...).
-    except Exception as exc:  # noqa: BLE001
-        kind = "refusing to unpickle code or corrupt" if isinstance(exc, pickle.UnpicklingError) else "corrupt"
-        raise OwnLayoutError(f"{path}: not a weights-only PyTorch checkpoint ({kind}): {_load_failure(exc)}") from exc
-
-
-def _load_failure(exc: Exception) -> str:
-    """The informative line of a torch.load error, which otherwise spans paragraphs of advice."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    boilerplate = ("(", "Check the documentation", "Please file an issue")
-    details = [line for line in lines[1:] if not line.startswith(boilerplate)]
-    reason = (details or lines or [type(exc).__name__])[0]
-    return reason.removeprefix("WeightsUnpickler error:").strip().split(". ")[0]
-
-
 def _select_weights(checkpoint: Any, path: Path, prefer_ema: bool) -> tuple[Mapping[str, Any], str]:
     if not isinstance(checkpoint, Mapping):
         raise OwnLayoutError(f"{path}: holds a {type(checkpoint).__name__}, not an own-layout checkpoint dict")
@@ -479,7 +460,7 @@ def load_own_layout_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise OwnLayoutError(f"own-layout checkpoint not found: {path}")
-    weights, source = _select_weights(_torch_load_weights_only(path), path, prefer_ema)
+    weights, source = _select_weights(load_weights_only(path, OwnLayoutError), path, prefer_ema)
     cfg = config if config is not None else infer_own_layout_config(weights)
     converted = own_to_diffusers_state_dict(weights, cfg)
     # Uninitialised storage is enough: strict loading overwrites every tensor.
@@ -494,19 +475,4 @@ def save_own_layout_checkpoint(unet: UNet2DModel, path: str | os.PathLike[str]) 
     cfg = OwnLayoutConfig.from_diffusers_config(unet.config)
     state = {k: v.detach().to("cpu", torch.float32) for k, v in unet.state_dict().items()}
     own = diffusers_to_own_state_dict(state, cfg)
-    path = Path(path)
-    try:
-        handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    except OSError as exc:
-        raise OwnLayoutError(f"cannot write own-layout checkpoint {path}: {exc.strerror or exc}") from exc
-    try:
-        with handle:
-            torch.save({"net_model": own, "ema_model": own}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException as exc:
-        Path(handle.name).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OwnLayoutError(f"cannot write own-layout checkpoint {path}: {exc.strerror or exc}") from exc
-        raise
+    atomic.torch_save({"net_model": own, "ema_model": own}, Path(path), OwnLayoutError)

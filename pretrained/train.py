@@ -34,6 +34,7 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
 from sdm.pretrained.own_layout import OwnLayoutConfig, OwnLayoutError, save_own_layout_checkpoint
+from sdm.core.atomic import atomic_folder
 from sdm.core.errors import SdmError, run_reporting_errors
 from sdm.core.training import (check_output_folder, data_target, device_name, ema_update, load_checkpoint, save_checkpoint, to_model_range,
                           write_loss_log)
@@ -299,7 +300,6 @@ def model_card(args: argparse.Namespace, summary: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from sdm.core.devices import resolve_device
-    from sdm.converter.export import atomic_folder
 
     validate(args)
     if args.init is not None:
@@ -374,7 +374,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    summary, code = run_reporting_errors("sdm-train", lambda: run(args))
+    summary, code = run_reporting_errors("sdm-train", lambda: run(args),
+                                         f"continue from the last checkpoint with --resume (in {args.out})")
     if code:
         return code
     print(f"wrote {args.out}: {summary['steps']} steps, loss {summary['loss_before']:.4f} -> {summary['loss_after']:.4f}, "

@@ -76,3 +76,37 @@ def test_corrupt_or_missing_record_is_refused(tmp_path):
     (tmp_path / "calibration.safetensors").write_bytes(b"junk")
     with pytest.raises(CalibrationError, match="corrupt calibration record"):
         CalibrationRecord.load(tmp_path)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("init", [0.5, 0.0])
+@pytest.mark.parametrize("timesteps", [1, 3, 8, 16])
+def test_search_models_exactly_what_the_site_twin_and_the_stepped_neuron_emit(signed, init, timesteps):
+    from sdm.calibration.thresholds import site_quantise
+    from sdm.converter.layers import SpikingActivation
+
+    generator = torch.Generator().manual_seed(timesteps)
+    site = SpikingActivation("s", torch.nn.Identity(), torch.nn.Identity(), 5, timesteps=timesteps, signed=signed,
+                             membrane_init=init)
+    pos, neg = torch.rand(5, generator=generator) + 0.1, torch.rand(5, generator=generator) * 0.3 + 0.05
+    site.neuron.threshold_pos.copy_(pos)
+    site.neuron.threshold_neg.copy_(neg)
+    y = torch.randn(64, 5, generator=generator) * 0.8  # constant drive per neuron, clipped ones included
+    y[:5] = pos  # exactly at the clip
+    modelled = site_quantise(y, pos, neg, timesteps, init, signed)
+    with torch.no_grad():
+        twin = site.twin(y)
+        stepped = site(y.repeat(timesteps, 1)).unflatten(0, (timesteps, -1)).mean(dim=0)
+    assert torch.equal(modelled, twin)
+    torch.testing.assert_close(stepped, modelled, rtol=0, atol=1e-6)
+
+
+def test_auto_granularity_keeps_per_channel_only_where_it_wins():
+    torch.manual_seed(2)
+    alike = stats_from(torch.randn(4, 2000), activation="silu")  # one distribution: a layer clip is as good
+    # narrow channels around different levels: a layer clip's coarse steps miss all of them
+    scaled = stats_from(torch.randn(4, 2000) * 0.1 + torch.tensor([[0.5], [1.0], [2.0], [4.0]]), activation="silu")
+    for stats, expected in ((alike, "layer"), (scaled, "channel")):
+        auto = site_thresholds(stats, 4, granularity="auto")
+        chosen = site_thresholds(stats, 4, granularity=expected)
+        assert torch.equal(auto.pos, chosen.pos) and torch.equal(auto.shift, chosen.shift)

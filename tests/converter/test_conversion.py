@@ -6,7 +6,8 @@ from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
 
 from sdm.calibration.collect import calibrate_data_free
 from sdm.converter.convert import convert
-from sdm.converter.export import atomic_folder, load_converted, save_converted
+from sdm.core.atomic import atomic_folder
+from sdm.converter.export import load_converted, save_converted
 from sdm.converter.model import SpikingUNet2DModel
 from sdm.converter.operations import SPIKE_DRIVEN, classify_layers, operations_report
 from sdm.converter.policy import ConversionPolicy

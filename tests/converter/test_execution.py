@@ -29,11 +29,17 @@ def test_fused_sites_equal_the_tensor_op_path(tiny_source, tiny_record, policy):
         for site in snn.sites().values():
             site.tsm.uniform_(0.8, 1.2)
     x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    counts = []
     with torch.no_grad():
+        snn.set_monitor(True)
         fused = snn(x, 300).sample
-        with site_kernel.disabled():
+        counts.append({name: (n.spike_count, n.neuron_steps) for name, n in snn.neurons().items()})
+        snn.set_monitor(True)
+        with site_kernel.disabled():  # the PyTorch ops: what CUDA runs
             reference = snn(x, 300).sample
+        counts.append({name: (n.spike_count, n.neuron_steps) for name, n in snn.neurons().items()})
     assert torch.equal(fused, reference)
+    assert counts[0] == counts[1] and sum(c for c, _ in counts[0].values()) > 0
 
 
 def test_splitting_the_batch_into_passes_does_not_change_outputs(tiny_source, tiny_record):
@@ -54,3 +60,14 @@ def test_inputs_per_pass_must_be_positive(tiny_source, tiny_record):
     snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=2))
     with pytest.raises(ValueError, match="inputs per pass"):
         snn.set_inputs_per_pass(0)
+
+
+def test_pass_size_rule_per_device(tiny_source, tiny_record):
+    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=4))
+    assert snn._pass_size(torch.empty(10, 3, 32, 32)) == 3  # CPU: ceil(B / T) inputs, ~B rows
+    # elsewhere (CUDA; meta stands in): the whole batch up to GPU_PASS_ROWS rows of 32x32, else equal passes
+    assert snn._pass_size(torch.empty(1000, 3, 32, 32, device="meta")) == 1000
+    assert snn._pass_size(torch.empty(3000, 3, 32, 32, device="meta")) == 1000
+    assert snn._pass_size(torch.empty(1000, 3, 64, 64, device="meta")) == 250
+    snn.set_inputs_per_pass(7)
+    assert snn._pass_size(torch.empty(1000, 3, 32, 32, device="meta")) == 7

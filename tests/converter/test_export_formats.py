@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from sdm.converter.convert import convert
-from sdm.converter.export import atomic_folder, save_converted
+from sdm.core.atomic import atomic_folder
+from sdm.converter.export import save_converted
 from sdm.converter.export_cli import main as export_main
 from sdm.converter.nir_export import nir_blockers
 from sdm.converter.onnx_export import ExportError, export_onnx
@@ -36,6 +37,7 @@ def test_onnx_export_matches_pytorch_with_dynamic_batch(snn_folder, tmp_path, ti
     assert [o.name for o in graph.output[1:]] == report["snn"]["outputs"][1:]
     assert all(name.startswith("spikes:") for name in report["snn"]["outputs"][1:])
     assert (tmp_path / "snn-ann.onnx").exists()
+    assert report["ann"]["source"]["fingerprint"] == report["source_fingerprint"] == tiny_source.describe()["fingerprint"]
 
 
 def _own_spikes(snn, x, t):

@@ -86,3 +86,109 @@ def test_threshold_scale_scales_spikes():
     node = make(signed=False, pos=1.0)
     node.threshold_scale = 2.0
     assert run(node, [1.5, 0.4]) == pytest.approx([2.0, 0.0])
+
+
+# --- exact neurons: the step count equals the quantised twin's, for every drive -----------------
+
+from sdm.converter.layers import SpikingActivation  # noqa: E402
+
+
+def _drives(timesteps: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Input currents [T, 64, 4] of the kinds that defeat a one-spike-per-step neuron."""
+    shape = (timesteps, 64, 4)
+    late = torch.randn(shape, generator=generator) * 0.1
+    late[-1] += torch.randn(shape[1:], generator=generator) * 3.0 * timesteps  # large increment at the end
+    swing = torch.randn(shape, generator=generator) * 2.0
+    swing *= torch.tensor([(-1.0) ** t for t in range(timesteps)]).view(-1, 1, 1) * 4.0  # sign swings
+    constant = (torch.rand(shape[1:], generator=generator) * 3 - 1.0).expand(shape).contiguous()
+    walk = torch.randn(shape, generator=generator).cumsum(0)
+    return {"late": late, "swing": swing, "constant": constant, "walk": walk}
+
+
+def _exact_site(signed: bool, timesteps: int, generator: torch.Generator, init: float = 0.5) -> SpikingActivation:
+    site = SpikingActivation("s", torch.nn.Identity(), torch.nn.SiLU(), 4, timesteps=timesteps, signed=signed,
+                             membrane_init=init)
+    site.neuron.threshold_pos.copy_(torch.rand(4, generator=generator) + 0.2)
+    site.neuron.threshold_neg.copy_(torch.rand(4, generator=generator) * 0.3 + 0.05)
+    site.output_shift.copy_(torch.randn(4, generator=generator) * 0.01)
+    return site
+
+
+def _net_counts(site: SpikingActivation, spikes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ON, OFF) counts after T steps, read off the emitted spikes (float64: no rounding doubt)."""
+    total = (spikes - site.output_shift.view(1, 1, -1)).double().sum(dim=0)
+    theta_pos, theta_neg = (t.double() * site.neuron.threshold_scale for t in
+                            (site.neuron.threshold_pos, site.neuron.threshold_neg))
+    return (total.clamp_min(0) / theta_pos).round(), ((-total).clamp_min(0) / theta_neg).round()
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("grad", [False, True])
+def test_exact_site_count_equals_the_twin_for_every_drive_and_T(signed, grad):
+    generator = torch.Generator().manual_seed(11)
+    for timesteps in range(1, 17):
+        site = _exact_site(signed, timesteps, generator, init=0.5 if timesteps % 2 else 0.0)
+        site.neuron.threshold_scale = 1.0 if timesteps % 3 else 0.9  # threshold guidance included
+        for kind, current in _drives(timesteps, generator).items():
+            with torch.set_grad_enabled(grad):
+                spikes = site(current.flatten(0, 1).requires_grad_(grad)).detach().unflatten(0, (timesteps, -1))
+                mean = site.mean_input(current.flatten(0, 1))
+                with torch.no_grad():
+                    on, off = site.neuron.counts(site.drive(mean) * float(timesteps), timesteps)
+                    twin = site.twin(mean)
+            got_on, got_off = _net_counts(site, spikes)
+            assert torch.equal(got_on, on.double()), (timesteps, kind)
+            if signed:
+                assert torch.equal(got_off, off.double()), (timesteps, kind)
+            torch.testing.assert_close(spikes.mean(dim=0), twin, rtol=0, atol=1e-5)
+
+
+def test_exact_neuron_takes_back_only_its_own_spikes_and_counts_every_unit():
+    site = SpikingActivation("s", torch.nn.Identity(), torch.nn.Identity(), 4, timesteps=6, signed=True,
+                             membrane_init=0.5)
+    site.neuron.threshold_neg.fill_(0.25)
+    site.neuron.monitor = True
+    # running means 3, 1.5, 1, -9.25, -7.4, -6.2, clipped to [-0.25, 1]: cumulative drive 1, 2, 3,
+    # -1, -1.25, -1.5 -> ON counts 1, 2, 3, 0, 0, 0 and OFF counts 0, 0, 0, 4, 5, 6: at step 4 the
+    # neuron takes back its 3 ON spikes and fires 4 OFF spikes in one graded step
+    current = torch.tensor([3.0, 0.0, 0.0, -40.0, 0.0, 0.0]).view(6, 1, 1).expand(6, 1, 4).contiguous()
+    with torch.no_grad():
+        spikes = site(current.flatten(0, 1)).unflatten(0, (6, -1))[:, 0, 0]
+    assert spikes.tolist() == [1.0, 1.0, 1.0, -4.0, -0.25, -0.25]
+    assert float(spikes.sum()) == -0.25 * 6  # the twin's level for mean -6.2: -theta_neg
+    assert site.neuron.spike_count == 4 * (1 + 1 + 1 + 3 + 4 + 1 + 1)  # every unit of every graded spike
+    assert site.neuron.neuron_steps == 6 * 4
+
+
+@pytest.mark.parametrize("bound", [1, 2])
+def test_payload_bound_limits_spikes_per_step_and_carries_the_rest(bound):
+    timesteps = 8
+    site = SpikingActivation("s", torch.nn.Identity(), torch.nn.SiLU(), 4, timesteps=timesteps, signed=True,
+                             membrane_init=0.5, max_payload=bound)
+    exact = SpikingActivation("s", torch.nn.Identity(), torch.nn.SiLU(), 4, timesteps=timesteps, signed=True,
+                              membrane_init=0.5)
+    current = _drives(timesteps, torch.Generator().manual_seed(5))["swing"].flatten(0, 1)
+    with torch.no_grad():
+        bounded, ideal = site(current), exact(current)
+    changes = bounded.unflatten(0, (timesteps, -1))  # thresholds 1: values are count changes
+    assert changes.abs().max() <= 2 * bound  # ON and OFF side each move at most `bound`
+    assert not torch.equal(bounded, ideal)
+    constant = torch.full((timesteps * 2, 4, 1), 0.6)
+    with torch.no_grad():
+        assert torch.equal(site(constant).sum(0), exact(constant).sum(0))  # a steady drive needs one per step
+
+
+def test_single_spike_neuron_lags_where_the_exact_one_does_not():
+    generator = torch.Generator().manual_seed(3)
+    timesteps = 8
+    current = _drives(timesteps, generator)["late"]
+    old = SpikingActivation("s", torch.nn.Identity(), torch.nn.SiLU(), 4, timesteps=timesteps, signed=True,
+                            membrane_init=0.5, neuron="single-spike")
+    new = SpikingActivation("s", torch.nn.Identity(), torch.nn.SiLU(), 4, timesteps=timesteps, signed=True,
+                            membrane_init=0.5)
+    mean = new.mean_input(current.flatten(0, 1))
+    with torch.no_grad():
+        twin = new.twin(mean)
+        lag = (old(current.flatten(0, 1)).unflatten(0, (timesteps, -1)).mean(0) - twin).abs().max()
+        exact = (new(current.flatten(0, 1)).unflatten(0, (timesteps, -1)).mean(0) - twin).abs().max()
+    assert lag > 0.1 and exact < 1e-6

@@ -1,5 +1,8 @@
 """The fused site kernel: the reference tensor arithmetic, bit for bit, or a clean fallback."""
 
+import os
+import shutil
+
 import pytest
 import torch
 
@@ -16,9 +19,11 @@ def test_running_mean_equals_cumsum_over_t():
         assert torch.equal(site_kernel.running_mean(seq), seq.cumsum(0) / t)
 
 
-def _site(signed: bool, tsm: bool, generator: torch.Generator) -> SpikingActivation:
+def _site(signed: bool, tsm: bool, generator: torch.Generator, neuron: str = "exact",
+          max_payload: int | None = None) -> SpikingActivation:
     norm = torch.nn.GroupNorm(2, 6)
-    site = SpikingActivation("s", norm, torch.nn.SiLU(), 6, timesteps=5, signed=signed, membrane_init=0.3)
+    site = SpikingActivation("s", norm, torch.nn.SiLU(), 6, timesteps=5, signed=signed, membrane_init=0.3,
+                             neuron=neuron, max_payload=max_payload)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 2.0, generator=generator)
         site.neuron.threshold_pos.uniform_(0.05, 0.6, generator=generator)
@@ -32,10 +37,11 @@ def _site(signed: bool, tsm: bool, generator: torch.Generator) -> SpikingActivat
 
 @pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize("tsm", [False, True])
-def test_fused_site_equals_the_tensor_op_paths(signed, tsm):
+@pytest.mark.parametrize("neuron, max_payload", [("exact", None), ("exact", 2), ("single-spike", None)])
+def test_fused_site_equals_the_tensor_op_paths(signed, tsm, neuron, max_payload):
     generator = torch.Generator().manual_seed(3)
-    site = _site(signed, tsm, generator)
-    current = torch.randn(5 * 3, 6, 4, 4, generator=generator)
+    site = _site(signed, tsm, generator, neuron, max_payload)
+    current = torch.randn(5 * 3, 6, 4, 4, generator=generator) * 2
     site.neuron.monitor = True
     outputs, counts = [], []
     for mode in ("fused", "in-place", "autograd"):
@@ -52,7 +58,8 @@ def test_fused_site_equals_the_tensor_op_paths(signed, tsm):
                         out = site(current)
         outputs.append(out)
         counts.append((site.neuron.spike_count, site.neuron.neuron_steps))
-        assert site.neuron.v == 0.0  # membranes are not held after the call
+        if neuron == "single-spike":
+            assert site.neuron.v == 0.0  # membranes are not held after the call
     assert counts[0][0] > 0
     for other in range(1, 3):
         assert torch.equal(outputs[0], outputs[other])
@@ -77,3 +84,18 @@ def test_without_a_compiler_the_tensor_path_is_used(tmp_path, monkeypatch):
         assert not list(tmp_path.rglob("*.so"))
     finally:
         site_kernel._library.cache_clear()  # later callers see the restored environment
+
+
+def test_an_unwritable_cache_is_named_once_and_the_kernel_still_runs(tmp_path, monkeypatch, capsys):
+    if shutil.which(os.environ.get("CC") or "cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    site_kernel._library.cache_clear()
+    try:
+        assert site_kernel.available() and site_kernel.available()
+        notice = [line for line in capsys.readouterr().err.splitlines() if "site-kernel cache not writable" in line]
+        assert len(notice) == 1 and str(tmp_path / "cache") in notice[0]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+    finally:
+        site_kernel._library.cache_clear()

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from sdm.calibration.collect import calibrate_data_free
 from sdm.converter import finetune
 from sdm.converter.convert import convert
-from sdm.converter.export import atomic_folder, load_converted, save_converted
+from sdm.core.atomic import atomic_folder
+from sdm.converter.export import load_converted, save_converted
 from sdm.converter.policy import ConversionPolicy
 from sdm.converter.tsm import TsmError, enable_tsm, freeze, has_tsm, set_trainable, tsm_values
 from tests.conftest import TINY_CALIBRATION, make_tiny_source
@@ -183,7 +184,7 @@ def test_refuses_a_folder_that_is_not_a_converted_snn(folders, tmp_path, capsys)
     code = finetune.main(["--snn", str(folders / "ann"), "--ann", str(folders / "ann"), "--out", str(tmp_path / "o")])
     refused(capsys, code, "not a converted model folder")
     code = finetune.main(["--snn", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
-    refused(capsys, code, "not a converted model folder")
+    refused(capsys, code, "converted model folder not found")
     assert not (tmp_path / "o").exists()
 
 

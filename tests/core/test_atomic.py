@@ -1,0 +1,111 @@
+"""The one atomic writer: outputs appear whole or not at all, with the user's umask, and a
+terminating signal removes what was staged."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdm.core import atomic
+from sdm.core.errors import Interrupted, SdmError, run_reporting_errors
+
+
+@pytest.fixture
+def umask():
+    """Set a umask for one test and restore the previous one."""
+    previous = os.umask(0o022)
+    os.umask(previous)
+
+    def set_mask(mask: int) -> int:
+        os.umask(mask)
+        return mask
+
+    yield set_mask
+    os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002])
+def test_outputs_get_the_modes_the_umask_gives(tmp_path, umask, mask):
+    umask(mask)
+    with atomic.atomic_folder(tmp_path / "out") as staging:
+        (staging / "inner").mkdir()
+        atomic.torch_save({"x": torch.zeros(2)}, staging / "inner" / "ckpt.pt")  # private temp file inside
+        (staging / "plain.txt").write_text("x")
+    atomic.write_text(tmp_path / "single.txt", "y")
+    assert mode(tmp_path / "out") == mode(tmp_path / "out" / "inner") == 0o777 & ~mask
+    for path in (tmp_path / "out" / "inner" / "ckpt.pt", tmp_path / "out" / "plain.txt", tmp_path / "single.txt"):
+        assert mode(path) == 0o666 & ~mask, path
+    assert atomic.current_umask() == mask
+
+
+def test_a_failed_block_leaves_nothing_and_keeps_the_previous_file(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_folder(tmp_path / "out") as staging:
+            (staging / "half.txt").write_text("half")
+            raise RuntimeError("boom")
+    atomic.write_text(tmp_path / "keep.txt", "old")
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_file(tmp_path / "keep.txt") as temporary:
+            temporary.write_text("new, but never finished")
+            raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+    assert (tmp_path / "keep.txt").read_text() == "old"
+
+
+def test_overwrite_replaces_and_refusals_are_one_line(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("old")
+    with pytest.raises(atomic.OutputError, match="not empty"):
+        atomic.ensure_free_target(tmp_path / "out")
+    with atomic.atomic_folder(tmp_path / "out", overwrite=True) as staging:
+        (staging / "new.txt").write_text("new")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["new.txt"]
+    with pytest.raises(atomic.OutputError, match="cannot write"):
+        atomic.ensure_free_target(Path("/proc/sdm-test/out"))
+    with pytest.raises(atomic.OutputError, match="is a folder"):
+        atomic.write_text(tmp_path / "out", "x")
+    with pytest.raises(atomic.OutputError, match="cannot write"):  # a missing folder is not created unasked
+        atomic.write_text(tmp_path / "missing" / "x.txt", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminating_signal_removes_the_staging_folder(tmp_path, signum):
+    before = signal.getsignal(signum)
+    with pytest.raises(Interrupted) as caught:
+        with atomic.atomic_folder(tmp_path / "out") as staging:
+            (staging / "big.bin").write_bytes(b"0" * 1000)
+            os.kill(os.getpid(), signum)
+            raise AssertionError("the signal should have interrupted the block")
+    assert caught.value.signum == signum
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signum) == before
+
+
+def test_commands_end_in_one_line_with_the_conventional_exit_code(tmp_path, capsys):
+    def staged_then_killed():
+        with atomic.atomic_folder(tmp_path / "out") as staging:
+            (staging / "x").write_text("x")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    def bad_input():
+        raise SdmError("no such thing")
+
+    assert run_reporting_errors("prog", staged_then_killed) == (None, 143)
+    assert run_reporting_errors("prog", ctrl_c, "resume with --resume") == (None, 130)
+    assert run_reporting_errors("prog", bad_input) == (None, 2)
+    assert capsys.readouterr().err.splitlines() == [
+        "prog: interrupted (SIGTERM)", "prog: interrupted (SIGINT); resume with --resume", "prog: error: no such thing"]
+    assert list(tmp_path.iterdir()) == []
