@@ -41,7 +41,7 @@ from torch import nn
 from sdm.converter.layers import SpikingActivation, SpikingAttention, SpikingResnetBlock2D
 from sdm.converter.model import SpikingUNet2DModel
 from sdm.converter.operations import ANALOG_ONCE, ANALOG_PER_STEP, SPIKE_DRIVEN, classify_layers, layer_kind
-from sdm.converter.residual import SpikeDrivenAttention
+from sdm.converter.residual import SpikeDrivenAttention, feeding_site
 
 HOROWITZ_PJ = {"fp32_mult": 3.7, "fp32_add": 0.9, "int8_mult": 0.2, "int8_add": 0.03, "int32_mult": 3.1,
                "int32_add": 0.1}
@@ -214,12 +214,23 @@ class Activity:
         return total
 
 
+def spike_units(site: SpikingActivation, spikes: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
+    """Spike units per element of a site's output: 1 per single spike; an exact neuron's graded
+    spike of payload k counts k (as k accumulates: a payload is a small integer times the weight,
+    counted as repeated adds). Read from the value: k = |x| / theta of its sign (a step in which
+    both sides of an ON/OFF neuron change is counted by its net value)."""
+    x = spikes.movedim(channel_dim, 1)
+    theta_pos, theta_neg = site.neuron.thresholds(x)
+    units = torch.where(x > 0, x / theta_pos, -x / theta_neg).round_()
+    return units.movedim(1, channel_dim)
+
+
 class ActivityMonitor:
     """Hooks that count what a converted model's spikes make its layers do, while active.
 
-    Each spike-driven Conv2d: its input's spikes per position (over time, batch and channels)
-    times the fan-out map, times the output channels a spike reaches (out / groups). Each
-    spike-driven Linear: spikes times out_features. `full` attention: per step, spikes of q, k,
+    Each spike-driven Conv2d: its input's spike units per position (over time, batch and
+    channels) times the fan-out map, times the output channels a spike reaches (out / groups).
+    Each spike-driven Linear: spike units times out_features. `full` attention: per step, spikes of q, k,
     v and the entries of S_{t-1} already reached, from its sites' outputs.
     """
 
@@ -253,13 +264,13 @@ class ActivityMonitor:
         def hook(module: nn.Module, inputs) -> None:
             x = inputs[0].detach()
             if isinstance(module, nn.Conv2d):
-                per_position = (x != 0).sum(dim=(0, 1), dtype=torch.float64)
+                per_position = spike_units(feeding_site(module), x).sum(dim=(0, 1), dtype=torch.float64)
                 key = (path, x.shape[-2], x.shape[-1])
                 if key not in self._fan_outs:
                     self._fan_outs[key] = fan_out(module, x.shape[-2], x.shape[-1]).to(x.device)
                 acs = (per_position * self._fan_outs[key]).sum() * (module.out_channels // module.groups)
             else:
-                acs = (x != 0).sum(dtype=torch.float64) * module.out_features
+                acs = spike_units(feeding_site(module), x, channel_dim=-1).sum(dtype=torch.float64) * module.out_features
             self.activity.layer_acs[path] += float(acs)
             self.activity.layer_images[path] += x.shape[0] / steps
         return hook
@@ -268,7 +279,7 @@ class ActivityMonitor:
         steps = self.snn.timesteps
 
         def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
-            spikes = (output.detach() != 0).unflatten(0, (steps, -1))  # [T, B, C, N]
+            spikes = spike_units(module, output.detach()).unflatten(0, (steps, -1))  # [T, B, C, N]
             tokens = spikes.shape[-1]
             record = self.activity.attention[path]
             per_step = spikes.flatten(1).sum(dim=1, dtype=torch.float64)
@@ -277,7 +288,7 @@ class ActivityMonitor:
             elif name == "k":  # each k spike adds a column of A_{t-1} (t >= 2) and b_q . k to the key bias
                 record["acs"] += float(per_step[1:].sum()) * tokens + float(per_step.sum())
             else:  # each v spike adds a column of P_t; (P_t - P_{t-1}) S_{t-1} multiplies what S holds
-                reached = spikes.cumsum(dim=0).bool().flatten(1).sum(dim=1, dtype=torch.float64)
+                reached = (spikes.cumsum(dim=0) > 0).flatten(1).sum(dim=1, dtype=torch.float64)
                 record["acs"] += float(per_step.sum()) * tokens
                 record["macs"] += float(reached[:-1].sum()) * tokens
                 record["images"] += spikes.shape[1]

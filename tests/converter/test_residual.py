@@ -26,8 +26,8 @@ X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
 TIMESTEPS = torch.tensor([50, 700])
 
 
-def _convert(tiny_source, tiny_record, level: str, timesteps: int = 3):
-    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=timesteps, spiking=level))
+def _convert(tiny_source, tiny_record, level: str, timesteps: int = 3, neuron: str = "exact"):
+    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=timesteps, spiking=level, neuron=neuron))
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():  # bias corrections large enough that folding them wrongly would show
         for site in snn.sites().values():
@@ -41,7 +41,7 @@ def _folded_layers(snn) -> dict[str, nn.Module]:
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_every_spike_driven_layer_receives_only_its_sites_spikes(tiny_source, tiny_record, level):
-    snn = _convert(tiny_source, tiny_record, level)
+    snn = _convert(tiny_source, tiny_record, level, neuron="single-spike")  # one spike: exactly +theta or -theta
     layers = _folded_layers(snn)
     seen: dict[str, bool] = {}
 

@@ -11,7 +11,15 @@ from sdm.converter.convert import convert
 from sdm.converter.operations import ANALOG_PER_STEP, SPIKE_DRIVEN, classify_layers, operations_report
 from sdm.converter.policy import ConversionPolicy
 from sdm.converter.residual import feeding_site
-from sdm.eval.energy import ActivityMonitor, count_operations, energy_estimate, fan_out, int_add_pj, int_mult_pj
+from sdm.eval.energy import (
+    ActivityMonitor,
+    count_operations,
+    energy_estimate,
+    fan_out,
+    int_add_pj,
+    int_mult_pj,
+    spike_units,
+)
 
 
 @pytest.mark.parametrize("kernel, stride, padding, size", [(3, 1, 1, 8), (3, 2, 1, 8), (3, 2, 0, 9), (1, 1, 0, 5),
@@ -31,7 +39,8 @@ def test_fan_out_is_the_number_of_outputs_each_input_position_reaches(kernel, st
 
 
 def _brute_force_acs(module: nn.Module, x: torch.Tensor) -> float:
-    """Accumulates = (output element, nonzero input it reads) pairs: each output's count of spikes."""
+    """Accumulates = (output element, spike it reads) pairs: each output's count of spikes (single-spike
+    neurons: every nonzero input is one spike)."""
     spikes = (x != 0).double()
     if isinstance(module, nn.Linear):
         return float(spikes.sum()) * module.out_features
@@ -42,7 +51,7 @@ def _brute_force_acs(module: nn.Module, x: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("level", ["hybrid", "residual", "full"])
 def test_counted_accumulates_equal_a_brute_force_count_of_spikes_times_fan_out(tiny_source, tiny_record, level):
-    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=3, spiking=level))
+    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=3, spiking=level, neuron="single-spike"))
     kinds = classify_layers(snn)
     modules = dict(snn.unet.named_modules())
     brute: dict[str, float] = {}
@@ -62,6 +71,15 @@ def test_counted_accumulates_equal_a_brute_force_count_of_spikes_times_fan_out(t
         assert activity.layer_images[path] == 2
     if level == "full":
         assert all(block["acs"] > 0 and block["macs"] > 0 for block in activity.attention.values())
+
+
+def test_a_graded_spike_counts_its_payload(tiny_source, tiny_record):
+    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=4))
+    site = snn.unet.conv_norm_out
+    theta_pos, theta_neg = site.neuron.threshold_pos.view(1, -1, 1, 1), site.neuron.threshold_neg.view(1, -1, 1, 1)
+    payload = torch.randint(-3, 4, (2, theta_pos.numel(), 3, 3)).float()
+    spikes = torch.where(payload > 0, payload * theta_pos, payload * theta_neg)
+    assert torch.equal(spike_units(site, spikes), payload.abs())
 
 
 def test_levels_turn_residual_stream_layers_spike_driven_and_operations_say_why(tiny_source, tiny_record):
