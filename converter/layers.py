@@ -146,9 +146,10 @@ class SpikingActivation(TimeFolded):
             return z
         high, low = self.neuron.thresholds(z)
         low = -low
-        if _functional():
-            return torch.clamp(self.activation(z), min=low, max=high)
-        return self.activation(z).clamp_(min=low, max=high)
+        target = self.activation(z)
+        if _functional() or target is running:  # identity sites: never clamp the caller's tensor in place
+            return torch.clamp(target, min=low, max=high)
+        return target.clamp_(min=low, max=high)
 
     def drive_sequence(self, current: torch.Tensor) -> torch.Tensor:
         """The single-spike neuron's input at each SNN step, [T, B, ...], for a [T*B, ...] current."""
