@@ -7,34 +7,21 @@ uses is covered. Optionally x_t = q(x_t | x_0) from real images at timesteps spr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 from tqdm.auto import tqdm
 
-from sdm.calibration.record import CalibrationError, CalibrationRecord, SiteStats
+from sdm.calibration.record import CalibrationRecord, SiteStats
+from sdm.calibration.settings import CalibrationSettings
 from sdm.calibration.sites import IDENTITY, Site, all_sites
+from sdm.core.diffusion import (as_eps_function, forward_noising, initial_noise, run_trajectory, sample_shape,
+                                to_model_range, trajectory_length)
+from sdm.core.image_data import ImageSource
 
-
-@dataclass(frozen=True)
-class CalibrationSettings:
-    """How many inputs the statistics come from; all of it is saved in the record."""
-
-    num_samples: int = 8
-    steps: int = 10
-    seed: int = 0
-    batch_size: int = 8
-    values_per_channel: int = 64
-    quantiles: int = 257
-
-    def __post_init__(self) -> None:
-        for name in ("num_samples", "steps", "batch_size", "values_per_channel"):
-            if getattr(self, name) < 1:
-                raise CalibrationError(f"calibration {name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
-        if self.quantiles < 2:
-            raise CalibrationError(f"calibration quantiles must be >= 2, got {self.quantiles}")
+DATA_FREE_SAMPLER = "ddim"
 
 
 class _SiteCollector:
@@ -131,26 +118,26 @@ def calibrate_data_free(
     device: str | torch.device = "cpu",
 ) -> CalibrationRecord:
     """Statistics along the ANN's own DDIM (eta 0) trajectories from seeded Gaussian noise."""
-    scheduler = DDIMScheduler.from_config(scheduler_config)
-    scheduler.set_timesteps(settings.steps)
-    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    noise = torch.randn((settings.num_samples, *shape), generator=torch.Generator().manual_seed(settings.seed))
-
+    noise = initial_noise(settings.num_samples, sample_shape(unet), settings.seed)
     seen_x, seen_t = [], []
 
     def feed(model: UNet2DModel) -> list[int]:
         batches = noise.split(settings.batch_size)
-        progress = tqdm(total=len(batches) * len(scheduler.timesteps), desc="calibrating (ANN DDIM)", unit="eval")
+        length = trajectory_length(DATA_FREE_SAMPLER, scheduler_config, settings.steps)
+        progress = tqdm(total=len(batches) * length, desc="calibrating (ANN DDIM)", unit="eval")
+        visited: list[int] = []
+
+        def observe(step: int, t: torch.Tensor, x: torch.Tensor, eps: torch.Tensor) -> None:
+            seen_x.append(x.cpu())
+            seen_t.append(torch.full((x.shape[0],), int(t)))
+            visited.append(int(t))
+            progress.update()
+
         for batch in batches:
-            x = batch.to(device)
-            for t in scheduler.timesteps:
-                seen_x.append(x.cpu())
-                seen_t.append(torch.full((x.shape[0],), int(t)))
-                eps = model(x, t).sample
-                x = scheduler.step(eps, t, x, eta=0.0).prev_sample
-                progress.update()
+            run_trajectory(as_eps_function(model), batch.to(device), DATA_FREE_SAMPLER, scheduler_config,
+                           settings.steps, observe=observe)
         progress.close()
-        return [int(t) for t in scheduler.timesteps]
+        return visited[:length]
 
     description = "data-free: x_t along the ANN's DDIM (eta 0) trajectories from Gaussian noise"
     return _record(unet, settings, feed, source_fingerprint, description, seen_x, seen_t)
@@ -177,8 +164,7 @@ def calibrate_from_data(
         progress = tqdm(total=len(batches) * len(timesteps), desc="calibrating (ANN on data)", unit="eval")
         for batch in batches:
             for t in timesteps:
-                noise = torch.randn(batch.shape, generator=generator)
-                x_t = schedule.add_noise(batch, noise, t.expand(batch.shape[0]))
+                x_t, _ = forward_noising(schedule, batch, t.expand(batch.shape[0]), generator)
                 seen_x.append(x_t)
                 seen_t.append(t.expand(batch.shape[0]).clone())
                 model(x_t.to(device), t.to(device))
@@ -188,3 +174,17 @@ def calibrate_from_data(
 
     description = "data: x_t ~ q(x_t | x_0) from real images"
     return _record(unet, settings, feed, source_fingerprint, description, seen_x, seen_t)
+
+
+def calibration_images(path: Path, split: str | None, limit: int, resolution: int) -> torch.Tensor:
+    """Real images in [-1, 1], NCHW, at the model's resolution: a seeded subset of `limit`."""
+    images = ImageSource(path, split=split, limit=limit, resolution=resolution).load()
+    return to_model_range(torch.from_numpy(images).permute(0, 3, 1, 2))
+
+
+def calibrate(unet: UNet2DModel, scheduler_config: dict, settings: CalibrationSettings, source_fingerprint: str,
+              device: str | torch.device = "cpu", images: torch.Tensor | None = None) -> CalibrationRecord:
+    """Data-free statistics, or on `images` when given (what `sdm-calibrate` and `sdm-convert` run)."""
+    if images is not None:
+        return calibrate_from_data(unet, scheduler_config, images, settings, source_fingerprint, device)
+    return calibrate_data_free(unet, scheduler_config, settings, source_fingerprint, device)

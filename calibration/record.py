@@ -17,15 +17,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from sdm.core.errors import SdmError
+from sdm.calibration.settings import CalibrationError
 
 RECORD_TENSORS = "calibration.safetensors"
 RECORD_META = "calibration.json"
 INPUTS_KEY, INPUT_TIMESTEPS_KEY = "inputs/x_t", "inputs/t"
-
-
-class CalibrationError(SdmError):
-    """A calibration record is missing, corrupt or belongs to another model."""
 
 
 @dataclass

@@ -28,6 +28,15 @@ from sdm.core.errors import SdmError
 IDENTITY = "identity"
 
 
+OUTPUT_SITE = "conv_norm_out"  # the UNet's last GroupNorm, before conv_act and conv_out
+RESNET_SITE_NORMS = ("norm1", "norm2")  # a ResNet block's two GroupNorm + activation pairs
+
+
+def site_name(block_path: str, norm: str) -> str:
+    """The one naming rule: a site is the path of its GroupNorm (`down_blocks.0.resnets.1.norm2`)."""
+    return f"{block_path}.{norm}" if block_path else norm
+
+
 @dataclass(frozen=True)
 class Site:
     """A place to observe: `module`'s output (a GroupNorm's, or a projection's) or its input.
@@ -66,10 +75,10 @@ def activation_sites(unet: UNet2DModel) -> dict[str, Site]:
     for path, module in unet.named_modules():
         if isinstance(module, ResnetBlock2D):
             act = activation_name(module.nonlinearity, path)
-            sites[f"{path}.norm1"] = Site(module.norm1, act)
-            sites[f"{path}.norm2"] = Site(module.norm2, act)
-    if isinstance(getattr(unet, "conv_norm_out", None), nn.GroupNorm):
-        sites["conv_norm_out"] = Site(unet.conv_norm_out, activation_name(unet.conv_act, "conv_act"))
+            for norm in RESNET_SITE_NORMS:
+                sites[site_name(path, norm)] = Site(getattr(module, norm), act)
+    if isinstance(getattr(unet, OUTPUT_SITE, None), nn.GroupNorm):
+        sites[OUTPUT_SITE] = Site(unet.conv_norm_out, activation_name(unet.conv_act, "conv_act"))
     return sites
 
 

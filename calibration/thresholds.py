@@ -25,7 +25,8 @@ from typing import Callable
 
 import torch
 
-from sdm.calibration.record import CalibrationError, CalibrationRecord, SiteStats
+from sdm.calibration.record import CalibrationRecord, SiteStats
+from sdm.calibration.settings import CalibrationError
 from sdm.calibration.sites import activation_function
 from sdm.core.quantise import side_count
 

@@ -15,7 +15,8 @@ import torch
 from diffusers import UNet2DModel
 from tqdm.auto import tqdm
 
-from sdm.calibration.record import CalibrationError, CalibrationRecord
+from sdm.calibration.record import CalibrationRecord
+from sdm.calibration.settings import CalibrationError
 from sdm.calibration.sites import activation_function, activation_sites
 from sdm.calibration.thresholds import MIN_THRESHOLD, mse_search, neuron_quantise
 from sdm.converter.layers import SpikingActivation

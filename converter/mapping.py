@@ -7,7 +7,6 @@ name and its path in the model, never silently left analog.
 
 from __future__ import annotations
 
-import copy
 from typing import Callable
 
 from diffusers import UNet2DModel
@@ -24,10 +23,13 @@ from diffusers.models.unets.unet_2d_blocks import (
 from torch import nn
 
 from sdm.calibration.sites import (
+    OUTPUT_SITE,
+    RESNET_SITE_NORMS,
     attention_input_site_name,
     attention_product_site_names,
     resampler_site_name,
     shortcut_site_name,
+    site_name,
 )
 from sdm.converter.layers import (
     ConstantOverTime,
@@ -110,8 +112,8 @@ def _convert_resnet(block: ResnetBlock2D, path: str, policy: ConversionPolicy) -
         raise UnsupportedModuleError(
             f"unsupported ResnetBlock2D time_embedding_norm={block.time_embedding_norm!r} at {path}"
         )
-    site1 = _site(f"{path}.norm1", block.norm1, block.nonlinearity, policy)
-    site2 = _site(f"{path}.norm2", block.norm2, block.nonlinearity, policy)
+    site1, site2 = (_site(site_name(path, norm), getattr(block, norm), block.nonlinearity, policy)
+                    for norm in RESNET_SITE_NORMS)
     spiking = SpikingResnetBlock2D(block, site1, site2)
     spiking.conv1, spiking.conv2 = fold(block.conv1, site1), fold(block.conv2, site2)
     if block.conv_shortcut is not None and _spiking_stream(policy):
@@ -199,7 +201,7 @@ def convert_unet_modules(unet: UNet2DModel, policy: ConversionPolicy) -> UNet2DM
         raise UnsupportedModuleError("unsupported class-conditional UNet2DModel (class_embedding)")
     if unet.conv_norm_out is None:
         raise UnsupportedModuleError("unsupported UNet2DModel without conv_norm_out")
-    unet.conv_norm_out = _site("conv_norm_out", unet.conv_norm_out, unet.conv_act, policy)
+    unet.conv_norm_out = _site(OUTPUT_SITE, unet.conv_norm_out, unet.conv_act, policy)
     unet.conv_act = nn.Identity()
     unet.conv_out = fold(unet.conv_out, unet.conv_norm_out)
     if policy.input_encoding == "spikes":
@@ -211,7 +213,3 @@ def convert_unet_modules(unet: UNet2DModel, policy: ConversionPolicy) -> UNet2DM
                       done=frozenset({"conv_norm_out", "conv_act", "conv_out", "conv_in", "time_embedding"}))
     return unet
 
-
-def check_convertible(unet: UNet2DModel, policy: ConversionPolicy) -> None:
-    """Raise UnsupportedModuleError now, before any expensive calibration, if `unet` cannot convert."""
-    convert_unet_modules(copy.deepcopy(unet), policy)

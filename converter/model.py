@@ -10,6 +10,7 @@ threshold, so `from_pretrained` rebuilds it exactly, and it drops into diffusers
 from __future__ import annotations
 
 import copy
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -25,6 +26,9 @@ from sdm.converter.policy import ConversionPolicy
 from sdm.converter.simulation import SIMULATIONS, SimulationError, check_choice, closed_form_obstacle
 from sdm.converter.tsm import enable_tsm
 
+# The already-converted UNet `from_ann` hands to `__init__`, so a conversion builds the UNet once
+# (diffusers' config registration allows only JSON values as constructor arguments).
+_PREBUILT: ContextVar[UNet2DModel | None] = ContextVar("prebuilt_spiking_unet", default=None)
 # Rows (T x inputs) of 32x32 that one pass on a GPU may hold: the reference model needs about
 # 5 MiB of working memory per row (its ANN: 77 MiB at batch 16), so 4,096 rows take ~20 GiB.
 GPU_PASS_ROWS = 4096
@@ -52,14 +56,17 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
         created here so that their saved values load into them.
         """
         super().__init__()
-        source = UNet2DModel(**{k: v for k, v in source_config.items() if not k.startswith("_")})
         self.policy = ConversionPolicy.from_saved(policy)
-        self.unet = convert_unet_modules(source, self.policy)
+        prebuilt = _PREBUILT.get()
+        if prebuilt is None:  # from_pretrained: the architecture from the config, the weights load next
+            prebuilt = convert_unet_modules(UNet2DModel(**{k: v for k, v in source_config.items()
+                                                           if not k.startswith("_")}), self.policy)
+        self.unet = prebuilt
         self.set_threshold_scale(self.policy.threshold_scale)
         self.register_to_config(
-            sample_size=source.config.sample_size,
-            in_channels=source.config.in_channels,
-            out_channels=source.config.out_channels,
+            sample_size=self.unet.config.sample_size,
+            in_channels=self.unet.config.in_channels,
+            out_channels=self.unet.config.out_channels,
         )
         self.inputs_per_pass: int | None = None
         self.simulation = "steps"
@@ -68,14 +75,14 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_ann(cls, ann: UNet2DModel, policy: ConversionPolicy, provenance: dict[str, Any] | None = None) -> "SpikingUNet2DModel":
-        """A spiking copy of `ann` with its weights, on `ann`'s device; thresholds still to be set.
-
-        The sites' new buffers (thresholds, shifts) are created on the CPU, so the copy is moved
-        as a whole to where the ANN's weights are.
-        """
-        snn = cls(source_config=dict(ann.config), policy=policy.to_dict(), provenance=provenance or {})
-        snn.unet = convert_unet_modules(copy.deepcopy(ann), policy)
-        snn.set_threshold_scale(policy.threshold_scale)
+        """A spiking copy of `ann` with its weights (one deep copy, converted once), on `ann`'s device;
+        thresholds still to be set. The sites' new buffers (thresholds, shifts) are created on the
+        CPU, so the copy is moved as a whole to where the ANN's weights are."""
+        token = _PREBUILT.set(convert_unet_modules(copy.deepcopy(ann), policy))
+        try:
+            snn = cls(source_config=dict(ann.config), policy=policy.to_dict(), provenance=provenance or {})
+        finally:
+            _PREBUILT.reset(token)
         return snn.to(next(ann.parameters()).device).eval()
 
     @property
@@ -111,9 +118,15 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
                     site.norm.group_var.copy_(var)
 
     def set_threshold_scale(self, scale: float) -> None:
-        """Threshold guidance: scale every threshold at sampling time (1.0 leaves them)."""
+        """Threshold guidance: scale every threshold at sampling time (1.0 leaves them).
+
+        The policy is the one home of the value: it is updated (and so saved and reported) with
+        the neurons, never one without the other.
+        """
         if not scale > 0:
             raise ValueError(f"threshold scale must be > 0, got {scale}")
+        self.policy = self.policy.replace(threshold_scale=float(scale))
+        self.register_to_config(policy=self.policy.to_dict())
         for neuron in self.neurons().values():
             neuron.threshold_scale = float(scale)
 

@@ -92,6 +92,24 @@ int64_t fire_sites(float *restrict values, int64_t steps, int64_t rows, int64_t 
     return spikes;
 }
 
+/* One side of an exact neuron at one step: its count for the (non-negative) cumulative drive,
+   clip(floor(drive / theta + init), 0, top), at most `bound` spikes from what it has emitted
+   (bound <= 0: no limit). Updates *emitted and returns the change (the spikes of this step). */
+static inline float side_step(float drive, float theta, float init, float top, float bound, float *emitted) {
+    float count = floorf(drive / theta + init);
+    count = count < 0.0f ? 0.0f : count;
+    count = count > top ? top : count;
+    if (bound > 0.0f) {
+        float change = count - *emitted;
+        change = change < -bound ? -bound : change;
+        change = change > bound ? bound : change;
+        count = *emitted + change;
+    }
+    const float change = count - *emitted;
+    *emitted = count;
+    return change;
+}
+
 /* The exact (graded-spike) neuron: expectation-compensated cumulative drive, ON/OFF counts, their
    per-step changes weighted by the thresholds, output shift, in place.
 
@@ -135,32 +153,12 @@ int64_t fire_exact(float *restrict values, int64_t steps, int64_t rows, int64_t 
                     cumulative = (float)sum[i];
                 }
                 const float positive = cumulative < 0.0f ? 0.0f : cumulative;
-                float on = floorf(positive / tp + init);
-                on = on < 0.0f ? 0.0f : on;
-                on = on > top ? top : on;
-                if (max_payload > 0) {
-                    float change = on - on_emitted[i];
-                    change = change < -bound ? -bound : change;
-                    change = change > bound ? bound : change;
-                    on = on_emitted[i] + change;
-                }
-                const float d_on = on - on_emitted[i];
-                on_emitted[i] = on;
+                const float d_on = side_step(positive, tp, init, top, bound, &on_emitted[i]);
                 float w = tp * d_on;
                 fired += (int64_t)fabsf(d_on);
                 if (is_signed) {
                     const float negative = -cumulative < 0.0f ? 0.0f : -cumulative;
-                    float off = floorf(negative / tn + init);
-                    off = off < 0.0f ? 0.0f : off;
-                    off = off > top ? top : off;
-                    if (max_payload > 0) {
-                        float change = off - off_emitted[i];
-                        change = change < -bound ? -bound : change;
-                        change = change > bound ? bound : change;
-                        off = off_emitted[i] + change;
-                    }
-                    const float d_off = off - off_emitted[i];
-                    off_emitted[i] = off;
+                    const float d_off = side_step(negative, tn, init, top, bound, &off_emitted[i]);
                     w = w - tn * d_off;
                     fired += (int64_t)fabsf(d_off);
                 }

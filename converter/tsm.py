@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from sdm.calibration.thresholds import MIN_THRESHOLD
+from sdm.converter.finetune_settings import TRAINABLE
 from sdm.converter.layers import SpikingActivation
 from sdm.core.errors import SdmError
 
 if TYPE_CHECKING:
     from sdm.converter.model import SpikingUNet2DModel
 
-TRAINABLE = ("p", "thresholds", "all")
 THRESHOLD_NAMES = ("threshold_pos", "threshold_neg")
-MIN_THRESHOLD = 1e-4
 
 
 class TsmError(SdmError):

@@ -11,8 +11,7 @@ from contextlib import contextmanager
 import torch
 
 from sdm.core.errors import SdmError
-
-DEVICE_HELP = "cpu, cuda, cuda:N, or auto (CUDA when present, else cpu)"
+from sdm.core.settings import DEVICE_HELP
 
 
 def resolve_device(name: str | torch.device) -> torch.device:

@@ -34,9 +34,9 @@ from scipy import linalg
 from pytorch_fid.inception import FID_WEIGHTS_URL, fid_inception_v3
 from tqdm import tqdm
 
-from sdm.eval.image_data import ImageSource
-from sdm.eval.images import check_uint8_nhwc
 from sdm.core.atomic import atomic_file
+from sdm.core.image_data import ImageSource
+from sdm.core.images import check_uint8_nhwc
 from sdm.core.devices import resolve_device, tf32_mode
 from sdm.core.errors import SdmError
 
@@ -304,14 +304,6 @@ def _sqrtm_without_disp() -> Iterator[None]:
         yield
     finally:
         fid_score.linalg = previous
-
-
-def fid_between(images_a: np.ndarray, images_b: np.ndarray,
-                extractor: InceptionFeatures | None = None) -> float:
-    """FID between two uint8 NHWC image sets (each needs >= 2 images)."""
-    extractor = extractor or InceptionFeatures()
-    return fid_from_stats(FeatureStats.from_features(extractor(images_a)),
-                          FeatureStats.from_features(extractor(images_b)))
 
 
 def fid_weights_path() -> Path:

@@ -1,41 +1,52 @@
 """Run one ANN and one or more converted SNNs on the same noise and measure everything.
 
-This is the library behind `eval/compare.py ann-vs-snn` and the calibration sweeps.
+This is the library behind `eval/compare.py ann-vs-snn`, the calibration sweeps and the
+fidelity check of `sdm-convert`.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from sdm.converter.model import SpikingUNet2DModel
+from sdm.converter.equivalence import ProbeRecorder, equivalence_section, probe_calls
 from sdm.converter.simulation import check_choice
+from sdm.core.diffusion import as_eps_function, initial_noise, sample_shape
+from sdm.core.errors import SdmError
+from sdm.core.images import save_grid_rows, to_uint8
+from sdm.core.settings import SamplingSettings
 from sdm.eval import distributed
 from sdm.eval.energy import Activity, ActivityMonitor, count_operations, energy_estimate
-from sdm.converter.equivalence import ProbeRecorder, equivalence_section, probe_calls
-from sdm.eval.images import psnr, to_uint8
-from sdm.eval.sampling import Trajectory, as_eps_function, initial_noise, run_sampler
+from sdm.eval.sampling import Trajectory, run_sampler
 from sdm.pretrained.loading import SourceModel
 
+PEAK = 255.0
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; means use this cap
 
 
-@dataclass
-class PairedSettings:
-    num_samples: int
-    steps: int
-    seed: int
-    sampler: str = "ddim"
-    batch_size: int = 16
-    device: str | torch.device = "cpu"
-    tf32: bool = False  # see core.devices.set_tf32: off keeps ANN and SNN on the same float32 arithmetic
+def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image PSNR in dB between two uint8 batches (first axis = image, peak 255).
+
+    Identical images give ``inf``: there is no noise to measure, and a finite cap would hide that.
+    """
+    if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
+        raise SdmError("psnr needs two numpy arrays")
+    if a.dtype != np.uint8 or b.dtype != np.uint8:
+        raise SdmError(f"psnr needs uint8 images, got {a.dtype} and {b.dtype}")
+    if a.shape != b.shape or a.ndim < 2:
+        raise SdmError(f"psnr needs two batches of the same shape, got {a.shape} and {b.shape}")
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    mse = np.mean(diff * diff, axis=tuple(range(1, a.ndim)))
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(PEAK * PEAK / mse)
 
 
-def _sample(unet, noise: torch.Tensor, source: SourceModel, settings: PairedSettings, desc: str,
+def _sample(unet, noise: torch.Tensor, source: SourceModel, settings: SamplingSettings, desc: str,
             reference=None) -> Trajectory:
     """run_sampler over this process's share of the batches, gathered from every process."""
     part = run_sampler(unet, noise, settings.sampler, source.scheduler_config, settings.steps, settings.seed,
@@ -44,14 +55,14 @@ def _sample(unet, noise: torch.Tensor, source: SourceModel, settings: PairedSett
     return distributed.gather_trajectory(part)
 
 
-def sample_ann(source: SourceModel, settings: PairedSettings) -> tuple[torch.Tensor, Trajectory]:
-    config = source.unet.config
-    noise = initial_noise(settings.num_samples, (config.in_channels, config.sample_size, config.sample_size), settings.seed)
+def sample_ann(source: SourceModel, settings: SamplingSettings) -> tuple[torch.Tensor, Trajectory]:
+    """The ANN's samples from the seeded noises, and those noises (for the SNNs to start from)."""
+    noise = initial_noise(settings.num_samples, sample_shape(source.unet), settings.seed)
     return noise, _sample(as_eps_function(source.unet), noise, source, settings, "ANN sampling")
 
 
 def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, ann_run: Trajectory,
-                settings: PairedSettings, label: str, simulation: str = "steps") -> dict[str, Any]:
+                settings: SamplingSettings, label: str, simulation: str = "steps") -> dict[str, Any]:
     """Sample with the SNN from the ANN's noises and compute paired metrics, rates, energy, time.
 
     simulation: "steps" (spikes, rates, energy), "closed-form" (the quantised twin at the ANN's
@@ -74,7 +85,7 @@ def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tenso
 
 
 def _measure(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, ann_run: Trajectory,
-             settings: PairedSettings, label: str, closed_form: bool, eps=None) -> dict[str, Any]:
+             settings: SamplingSettings, label: str, closed_form: bool, eps=None) -> dict[str, Any]:
     snn.set_simulation("closed-form" if closed_form else "steps")
     snn.set_monitor(not closed_form)
     try:
@@ -123,3 +134,32 @@ def _measure(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, 
         },
         "_images": snn_images,
     }
+
+
+def fidelity_check(snn: SpikingUNet2DModel, source: SourceModel, settings: SamplingSettings, grid: Path,
+                   simulation: str = "steps") -> dict[str, Any]:
+    """The quick paired check `sdm-convert` runs: PSNR, eps error, spike rate, time, and a grid to
+    look at; with simulation "both" also the closed form and the equivalence section."""
+    noise, ann_run = sample_ann(source, settings)
+    run = measure_snn(snn, source, noise, ann_run, settings, f"T={snn.timesteps}", simulation)
+    save_grid_rows([to_uint8(ann_run.samples), run["_images"]], grid, labels=["ANN", f"SNN T={snn.timesteps}"])
+    result = {
+        "num_samples": settings.num_samples,
+        "sampler": settings.sampler,
+        "steps": settings.steps,
+        "simulation": simulation,
+        "psnr_db": run["paired"]["psnr_db"],
+        "eps_rel_l2": run["paired"]["eps_rel_l2"],
+        "eps_cosine": run["paired"]["eps_cosine"],
+        "spike_rate": run["spike_rate"]["mean"],
+        "energy_snn_over_ann": run["energy"]["snn_over_ann"],
+        "seconds_per_unet_eval": {
+            "ann": run["time"]["ann_seconds_per_unet_eval"],
+            "snn": run["time"]["snn_seconds_per_unet_eval"],
+        },
+    }
+    if "equivalence" in run:
+        closed = run["closed_form"]["paired"]
+        result["closed_form"] = {"psnr_db": closed["psnr_db"], "eps_rel_l2": closed["eps_rel_l2"]}
+        result["equivalence"] = run["equivalence"]
+    return result

@@ -1,57 +1,8 @@
-"""CLI: compute and cache the Inception statistics of a reference image set (for FID).
+"""`python -m sdm.eval.reference_stats`: a thin entry point; the command is sdm.cli.reference_stats."""
 
-Reference statistics (e.g. all 50,000 CIFAR-10 training images) cost minutes to hours on CPU,
-so they are computed once, written atomically with their provenance, and reused by every FID.
-
-    python -m eval.reference_stats --data ../shared/data/cifar10-jpeg.zip --split train \
-        --out .cache/fid/cifar10-train-jpeg.npz
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
-import time
 
-from sdm.eval.fid import InceptionFeatures, stats_from_source
-from sdm.eval.image_data import ImageSource
-from sdm.core.errors import SdmError
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m eval.reference_stats", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="folder or .zip of .jpg/.jpeg/.png images")
-    parser.add_argument("--split", help="keep only images under a folder of this name (train/test)")
-    parser.add_argument("--limit", type=int, help="use a fixed seeded subset of this many images")
-    parser.add_argument("--resolution", type=int,
-                        help="center-crop to square and resize to this size (default: native)")
-    parser.add_argument("--out", required=True, help="where to write the .npz statistics")
-    parser.add_argument("--batch-size", type=int, default=50, help="images per Inception batch")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    start = time.perf_counter()
-    try:
-        source = ImageSource(args.data, split=args.split, limit=args.limit,
-                             resolution=args.resolution)
-        extractor = InceptionFeatures(device=args.device, batch_size=args.batch_size,
-                                      progress=not args.quiet)
-        stats = stats_from_source(source, extractor)
-        out = stats.save(args.out)
-        seconds = time.perf_counter() - start
-    except SdmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    size = f"{stats.resolution}x{stats.resolution}" if stats.resolution else "native size"
-    print(f"wrote {out}: {stats.count} images (split {stats.split or 'all'}, {size}) from "
-          f"{stats.source} in {seconds:.1f} s ({stats.count / seconds:.2f} img/s, {extractor.device})")
-    return 0
-
+from sdm.cli.reference_stats import main
 
 if __name__ == "__main__":
     sys.exit(main())

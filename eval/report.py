@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from sdm.eval.fid import FeatureStats, InceptionFeatures, fid_from_stats, inception_score, inception_score_available
+
 
 class FidContext:
     """FID of ANN and SNN samples against a reference and against each other.
@@ -14,9 +16,7 @@ class FidContext:
     The ANN's Inception features are computed once and reused for every SNN compared.
     """
 
-    def __init__(self, ann_images: np.ndarray, reference, device: str) -> None:
-        from sdm.eval.fid import FeatureStats, InceptionFeatures, inception_score_available
-
+    def __init__(self, ann_images: np.ndarray, reference: FeatureStats | None, device: str) -> None:
         self.extractor = InceptionFeatures(device=device)
         self.reference = reference
         self.ann_stats = FeatureStats.from_features(self.extractor(ann_images))
@@ -30,15 +30,11 @@ class FidContext:
                 "inception_score": None}
 
     def _inception_score(self, images: np.ndarray) -> float | None:
-        from sdm.eval.fid import inception_score
-
         if not self.is_available or len(images) < 10:
             return None
         return inception_score(images, device=self.device)[0]
 
     def section(self, snn_images: np.ndarray) -> dict[str, Any]:
-        from sdm.eval.fid import FeatureStats, fid_from_stats
-
         snn_stats = FeatureStats.from_features(self.extractor(snn_images))
         ref = self.reference
         section: dict[str, Any] = {

@@ -1,61 +1,22 @@
 """Paired sampling: the ANN and the SNN start from the same noises and use the same sampler.
 
-Each model runs its own trajectory with a fresh scheduler per batch (multistep solvers keep
-history) and a seeded generator for stochastic samplers, so the pair differs only by the UNet.
-Along the SNN's trajectory the ANN is also evaluated on the very same x_t: the per-step error
-of the predicted noise then measures the UNet alone, not the drift of two trajectories.
+Each model runs its own trajectory (core/diffusion.run_trajectory: a fresh scheduler per batch,
+since multistep solvers keep history, and a seeded generator for stochastic samplers), so the
+pair differs only by the UNet. Along the SNN's trajectory the ANN is also evaluated on the very
+same x_t: the per-step error of the predicted noise then measures the UNet alone, not the drift
+of two trajectories.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
-from sdm.core.devices import DEVICE_HELP, CallTimer, tf32_mode
-from sdm.core.errors import SdmError
-
-SAMPLERS = ("ddim", "ddpm", "dpm")
-UNet = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def add_sampling_arguments(parser: argparse.ArgumentParser, *, num_samples: int, steps: int, batch_size: int) -> None:
-    """The sampling options every evaluation command shares, with that command's defaults."""
-    parser.add_argument("--num-samples", type=int, default=num_samples, help=f"images per model (default {num_samples})")
-    parser.add_argument("--steps", type=int, default=steps, help=f"sampler steps (default {steps})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="ddim (eta 0, default), ddpm, dpm (DPM-Solver++)")
-    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"images per batch (default {batch_size})")
-    parser.add_argument("--device", default="cpu", help=DEVICE_HELP + " (default cpu)")
-    parser.add_argument("--tf32", action="store_true",
-                        help="let CUDA round float32 convolutions and matmuls through TF32 (default off: paired "
-                             "comparisons want the same float32 arithmetic in ANN and SNN; the report records it)")
-
-
-def make_sampler(name: str, scheduler_config: dict, steps: int):
-    """A diffusers scheduler by short name, set to `steps` inference steps."""
-    if name == "ddim":
-        scheduler = DDIMScheduler.from_config(scheduler_config)
-    elif name == "ddpm":
-        scheduler = DDPMScheduler.from_config(scheduler_config)
-    elif name == "dpm":
-        scheduler = DPMSolverMultistepScheduler.from_config(scheduler_config, algorithm_type="dpmsolver++")
-    else:
-        raise SdmError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
-    scheduler.set_timesteps(steps)
-    return scheduler
-
-
-def initial_noise(num_samples: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """The seeded starting noises shared by every model of a comparison."""
-    if num_samples < 1:
-        raise SdmError(f"number of samples must be >= 1, got {num_samples}")
-    return torch.randn((num_samples, *shape), generator=torch.Generator().manual_seed(seed))
+from sdm.core.devices import CallTimer, tf32_mode
+from sdm.core.diffusion import EpsFunction, run_trajectory, trajectory_length
 
 
 @dataclass
@@ -89,7 +50,7 @@ def _per_step_mean(values: torch.Tensor | None) -> list[float]:
 
 @torch.no_grad()
 def run_sampler(
-    unet: UNet,
+    unet: EpsFunction,
     noise: torch.Tensor,
     sampler: str,
     scheduler_config: dict,
@@ -97,7 +58,7 @@ def run_sampler(
     seed: int,
     batch_size: int,
     device: str | torch.device = "cpu",
-    reference: UNet | None = None,
+    reference: EpsFunction | None = None,
     desc: str = "sampling",
     chunks: Sequence[int] | None = None,
     tf32: bool = False,
@@ -112,31 +73,33 @@ def run_sampler(
     """
     batches = noise.split(batch_size)
     chunks = list(range(len(batches))) if chunks is None else list(chunks)
-    num_steps = len(make_sampler(sampler, scheduler_config, steps).timesteps)
+    num_steps = trajectory_length(sampler, scheduler_config, steps)
     progress = tqdm(total=len(chunks) * num_steps, desc=desc, unit="step")
     outputs, rel, cos = [], [], []
-    timer, calls = CallTimer(device), 0
+    timer, calls = CallTimer(device), [0]
+    chunk_rel: list[torch.Tensor] = []
+    chunk_cos: list[torch.Tensor] = []
+
+    def timed(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with timer():
+            eps = unet(model_input, t)
+        calls[0] += 1
+        return eps
+
+    def observe(step: int, t: torch.Tensor, model_input: torch.Tensor, eps: torch.Tensor) -> None:
+        if reference is not None:
+            ref = reference(model_input, t).flatten(1)
+            got = eps.flatten(1)
+            chunk_rel.append((got - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-12))
+            chunk_cos.append(torch.nn.functional.cosine_similarity(got, ref, dim=1))
+        progress.update()
+
     with tf32_mode(tf32):
         for index in chunks:
-            scheduler = make_sampler(sampler, scheduler_config, steps)
             generator = torch.Generator(device="cpu").manual_seed(seed * 1000003 + index)
-            x = batches[index].to(device) * scheduler.init_noise_sigma
-            chunk_rel, chunk_cos = [], []
-            for t in scheduler.timesteps:
-                model_input = scheduler.scale_model_input(x, t)
-                with timer():
-                    eps = unet(model_input, t)
-                calls += 1
-                if reference is not None:
-                    ref = reference(model_input, t).flatten(1)
-                    got = eps.flatten(1)
-                    chunk_rel.append((got - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-12))
-                    chunk_cos.append(torch.nn.functional.cosine_similarity(got, ref, dim=1))
-                kwargs = {"eta": 0.0} if sampler == "ddim" else {}
-                if sampler == "ddpm":
-                    kwargs["generator"] = generator
-                x = scheduler.step(eps, t, x, **kwargs).prev_sample
-                progress.update()
+            chunk_rel.clear()
+            chunk_cos.clear()
+            x = run_trajectory(timed, batches[index].to(device), sampler, scheduler_config, steps, generator, observe)
             outputs.append(x.clamp(-1, 1).cpu())
             if reference is not None:
                 rel.append(torch.stack(chunk_rel, dim=1).cpu())
@@ -147,13 +110,8 @@ def run_sampler(
                       indices=torch.cat([indices[k] for k in chunks]) if chunks else torch.zeros(0, dtype=torch.long),
                       eps_rel_l2_samples=_rows(rel, num_steps) if reference is not None else None,
                       eps_cosine_samples=_rows(cos, num_steps) if reference is not None else None,
-                      unet_seconds=timer.seconds, unet_calls=calls)
+                      unet_seconds=timer.seconds, unet_calls=calls[0])
 
 
 def _rows(parts: list[torch.Tensor], columns: int) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0, columns)
-
-
-def as_eps_function(model: torch.nn.Module) -> UNet:
-    """Adapt a diffusers-style model (`model(x, t).sample`) to the sampler's callable."""
-    return lambda x, t: model(x, t).sample

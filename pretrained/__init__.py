@@ -1,5 +1,5 @@
-"""Source models: find, validate and load the ANN diffusion UNets that get converted."""
+"""Source models: find, validate and load the ANN diffusion UNets that get converted.
 
-from sdm.pretrained.loading import SourceModel, SourceModelError, load_source_model
-
-__all__ = ["SourceModel", "SourceModelError", "load_source_model"]
+Nothing is imported here, so the light modules (`zoo`) load without torch for fast `--help`;
+use `sdm.pretrained.loading.load_source_model`.
+"""

@@ -19,6 +19,7 @@ from diffusers import UNet2DModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from sdm.pretrained.own_layout import load_own_layout_checkpoint
 from sdm.pretrained.zoo import DEFAULT_MODEL, available_models, resolve_model_name
 from sdm.core.errors import SdmError
 
@@ -48,6 +49,17 @@ class SourceModel:
     format: str
     weights: str = "model"
     extra: dict[str, Any] = field(default_factory=dict)
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """The weights' fingerprint, hashed once (a whole state dict: seconds on a large model).
+
+        A source model is read, never trained in place, so the first hash stays true.
+        """
+        if self._fingerprint is None:
+            self._fingerprint = state_dict_fingerprint(self.unet.state_dict())
+        return self._fingerprint
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready provenance: what was loaded, from where, and a weight fingerprint."""
@@ -55,7 +67,7 @@ class SourceModel:
             "origin": self.origin,
             "format": self.format,
             "weights": self.weights,
-            "fingerprint": state_dict_fingerprint(self.unet.state_dict()),
+            "fingerprint": self.fingerprint,
             "parameters": sum(p.numel() for p in self.unet.parameters()),
             **self.extra,
         }
@@ -121,8 +133,6 @@ def _load_safetensors(path: Path) -> SourceModel:
 
 
 def _load_own_layout(path: Path) -> SourceModel:
-    from sdm.pretrained.own_layout import load_own_layout_checkpoint
-
     unet, info = load_own_layout_checkpoint(path)
     return SourceModel(
         unet=unet,

@@ -3,13 +3,12 @@
 The registry is data (`zoo.json`): per model its folder under `pretrained/`, aliases, dataset,
 resolution, where it came from and its measured ANN FID with the reference it was measured
 against (null until measured: no number is ever filled in by hand without a run behind it).
-`sdm-zoo` prints the list with parameter counts read from each config.
+`sdm-zoo` (sdm/cli/zoo.py) prints the list with parameter counts read from each config.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,11 @@ def resolve_model_name(name: str) -> Path | None:
 
 
 def parameter_count(folder: Path) -> int:
-    """Parameters of the model's UNet, counted on a meta-device copy built from its config."""
+    """Parameters of the model's UNet, counted on a meta-device copy built from its config.
+
+    torch and diffusers are imported here, not at the top: every command imports this module for
+    DEFAULT_MODEL while parsing, and `--help` must not wait for them.
+    """
     import torch
     from diffusers import UNet2DModel
 
@@ -59,12 +62,3 @@ def zoo_table() -> str:
                      f"{entry['source']} |")
     return "\n".join(lines)
 
-
-def main() -> int:
-    """`sdm-zoo`: the registered models as a Markdown table."""
-    print(zoo_table())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

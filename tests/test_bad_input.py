@@ -19,12 +19,12 @@ import json
 import os
 import re
 import runpy
-import tomllib
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from diffusers import UNet2DModel
 

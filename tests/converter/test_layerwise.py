@@ -2,7 +2,8 @@
 
 import torch
 
-from sdm.calibration.collect import CalibrationSettings, calibrate_data_free
+from sdm.calibration.collect import calibrate_data_free
+from sdm.calibration.settings import CalibrationSettings
 from sdm.converter.convert import convert
 from sdm.converter.policy import ConversionPolicy
 from tests.conftest import make_tiny_source

@@ -14,7 +14,7 @@ from sdm.calibration.sites import IDENTITY
 from sdm.converter.convert import convert
 from sdm.converter.export import load_converted, save_converted
 from sdm.converter.layers import SpikingActivation
-from sdm.converter.mapping import UnsupportedModuleError, check_convertible
+from sdm.converter.mapping import UnsupportedModuleError, convert_unet_modules
 from sdm.converter.policy import ConversionPolicy, PolicyError
 from sdm.converter import residual
 from sdm.converter.residual import FoldedConv2d, feeding_site, spiking_attention
@@ -187,6 +187,6 @@ def test_stream_sites_are_signed_identity_sites_calibrated_like_the_others(tiny_
 def test_a_level_the_model_cannot_support_names_module_and_path():
     unet = make_tiny_unet()
     unet.down_blocks[0].downsamplers[0].norm = nn.LayerNorm(16)
-    check_convertible(unet, ConversionPolicy(spiking="hybrid"))
+    convert_unet_modules(copy.deepcopy(unet), ConversionPolicy(spiking="hybrid"))
     with pytest.raises(UnsupportedModuleError, match=r"Downsample2D .* at down_blocks\.0\.downsamplers\.0"):
-        check_convertible(unet, ConversionPolicy(spiking="residual"))
+        convert_unet_modules(unet, ConversionPolicy(spiking="residual"))

@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from sdm.converter import site_kernel
+from sdm.converter.convert import convert
 from sdm.converter.layers import SpikingActivation
+from sdm.converter.policy import ConversionPolicy
+from sdm.converter.tsm import enable_tsm
 
 pytestmark = pytest.mark.skipif(not site_kernel.available(), reason="no C compiler: the PyTorch path runs")
 
@@ -84,6 +87,29 @@ def test_without_a_compiler_the_tensor_path_is_used(tmp_path, monkeypatch):
         assert not list(tmp_path.rglob("*.so"))
     finally:
         site_kernel._library.cache_clear()  # later callers see the restored environment
+
+
+@pytest.mark.parametrize("policy", [ConversionPolicy(timesteps=5, threshold_scale=1.05),
+                                    ConversionPolicy(timesteps=3, negative_lobe="relu", norm="frozen"),
+                                    ConversionPolicy(timesteps=2, input_encoding="spikes", attention="instant")])
+def test_fused_sites_equal_the_tensor_op_path(tiny_source, tiny_record, policy):
+    snn = convert(tiny_source, tiny_record, policy)
+    enable_tsm(snn)
+    with torch.no_grad():
+        for site in snn.sites().values():
+            site.tsm.uniform_(0.8, 1.2)
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    counts = []
+    with torch.no_grad():
+        snn.set_monitor(True)
+        fused = snn(x, 300).sample
+        counts.append({name: (n.spike_count, n.neuron_steps) for name, n in snn.neurons().items()})
+        snn.set_monitor(True)
+        with site_kernel.disabled():  # the PyTorch ops: what CUDA runs
+            reference = snn(x, 300).sample
+        counts.append({name: (n.spike_count, n.neuron_steps) for name, n in snn.neurons().items()})
+    assert torch.equal(fused, reference)
+    assert counts[0] == counts[1] and sum(c for c, _ in counts[0].values()) > 0
 
 
 def test_an_unwritable_cache_is_named_once_and_the_kernel_still_runs(tmp_path, monkeypatch, capsys):

@@ -109,3 +109,21 @@ def test_commands_end_in_one_line_with_the_conventional_exit_code(tmp_path, caps
     assert capsys.readouterr().err.splitlines() == [
         "prog: interrupted (SIGTERM)", "prog: interrupted (SIGINT); resume with --resume", "prog: error: no such thing"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_probe_proves_a_missing_folder_can_be_made_and_leaves_nothing(tmp_path):
+    atomic.probe_writable(tmp_path / "a" / "b" / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_probe_refuses_a_parent_that_is_a_file_or_read_only(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SdmError, match="is not a folder"):
+        atomic.probe_writable(tmp_path / "file" / "out")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(SdmError, match="cannot write"):
+            atomic.probe_writable(locked / "out")
+    with pytest.raises(SdmError, match="cannot write"):
+        atomic.probe_writable("/proc/x/out")

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import UNet2DModel
-
 from own_layout_reference import OwnLayoutUNet
+
+from sdm.core.errors import SdmError
 from sdm.pretrained.own_layout import (
     TIME_TABLE_KEY,
     OwnLayoutConfig,
@@ -21,7 +22,6 @@ from sdm.pretrained.own_layout import (
     own_to_diffusers_state_dict,
     save_own_layout_checkpoint,
 )
-from sdm.core.errors import SdmError
 
 TINY = {"ch": 32, "ch_mult": [1, 2], "attn": [1], "num_res_blocks": 1}
 TIMESTEPS = [0, 1, 37, 500, 999]

@@ -1,0 +1,90 @@
+"""The inputs fine-tuning learns from: distillation x_t with the ANN's predictions, and real images.
+
+The pool holds x_t the source ANN visits along its own DDIM trajectories (the calibration
+record's stored inputs and/or fresh trajectories from seeded noise), with the ANN's targets
+computed once up front on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sdm.calibration.record import CalibrationRecord
+from sdm.converter.finetune_settings import FinetuneError, FinetuneSettings
+from sdm.converter.model import SpikingUNet2DModel
+from sdm.core.diffusion import as_eps_function, initial_noise, run_trajectory, sample_shape, trajectory_length
+from sdm.core.image_data import ImageSource
+from sdm.pretrained.loading import SourceModel
+
+TRAJECTORY_SEED_OFFSET = 1000  # fresh trajectories start away from the noise seeds evaluations use (0, 1, ...)
+TARGET_CHUNK = 16
+
+
+@dataclass
+class Pool:
+    """Distillation inputs x_t, their diffusion timesteps and the ANN's predictions on them (CPU)."""
+
+    x: torch.Tensor
+    t: torch.Tensor
+    target: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @classmethod
+    def empty(cls) -> "Pool":
+        return cls(torch.zeros(0), torch.zeros(0), torch.zeros(0))
+
+
+@torch.no_grad()
+def ann_targets(ann: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    outs = [ann(xc.to(device), tc.to(device)).sample.float().cpu() for xc, tc in zip(x.split(TARGET_CHUNK), t.split(TARGET_CHUNK))]
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def ann_trajectories(source: SourceModel, count: int, steps: int, seed: int, device: torch.device) -> Pool:
+    """x_t along the ANN's DDIM (eta 0) trajectories from seeded Gaussian noise, with eps on each."""
+    noise = initial_noise(count, sample_shape(source.unet), seed)
+    xs, ts, targets = [], [], []
+    progress = tqdm(total=math.ceil(count / TARGET_CHUNK) * trajectory_length("ddim", source.scheduler_config, steps),
+                    desc="ANN trajectories", unit="eval")
+
+    def observe(step: int, t: torch.Tensor, x: torch.Tensor, eps: torch.Tensor) -> None:
+        xs.append(x.cpu())
+        ts.append(torch.full((x.shape[0],), int(t), dtype=torch.long))
+        targets.append(eps.float().cpu())
+        progress.update()
+
+    for chunk in noise.split(TARGET_CHUNK):
+        run_trajectory(as_eps_function(source.unet), chunk.to(device), "ddim", source.scheduler_config, steps,
+                       observe=observe)
+    progress.close()
+    return Pool(torch.cat(xs), torch.cat(ts), torch.cat(targets))
+
+
+def build_pool(settings: FinetuneSettings, source: SourceModel, record: CalibrationRecord | None,
+               device: torch.device) -> Pool:
+    parts = []
+    if settings.pool in ("record", "both"):
+        if record is None or record.inputs is None:
+            raise FinetuneError(f"{settings.snn} has no calibration inputs stored in its record; use --pool trajectories")
+        x, t = record.inputs.float(), record.input_timesteps.long()
+        parts.append(Pool(x, t, ann_targets(source.unet, x, t, device)))
+    if settings.pool in ("trajectories", "both"):
+        parts.append(ann_trajectories(source, settings.trajectories, settings.trajectory_steps,
+                                      TRAJECTORY_SEED_OFFSET + settings.seed, device))
+    return Pool(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x", "t", "target")))
+
+
+def load_images(settings: FinetuneSettings, snn: SpikingUNet2DModel) -> torch.Tensor:
+    """Real images for the data loss, as uint8 NCHW at the model's resolution."""
+    if snn.config.in_channels != 3:
+        raise FinetuneError(f"--data needs a 3-channel (RGB) model; this one has {snn.config.in_channels} input channels")
+    images = ImageSource(settings.data, limit=settings.data_limit, resolution=snn.config.sample_size).load()
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()

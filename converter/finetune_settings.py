@@ -1,0 +1,62 @@
+"""What one `sdm-finetune` run does: the settings dataclass, validated when built (before any
+model loads), and the recipe a resumed run must repeat. Importable without torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdm.core.errors import SdmError
+from sdm.core.settings import TrainingSettings, at_least, require
+
+TRAINABLE = ("p", "thresholds", "all")
+POOLS = ("record", "trajectories", "both")
+# Options whose change would change the result: a resumed run must use the checkpoint's values.
+RECIPE_KEYS = ("train", "lr", "batch_size", "seed", "distill_weight", "data_weight", "data", "data_limit",
+               "bf16", "ema", "grad_clip", "pool", "trajectories", "trajectory_steps", "eval_size")
+
+
+class FinetuneError(SdmError):
+    """Bad options, an unusable folder or dataset, or a checkpoint that belongs to another run."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneSettings(TrainingSettings):
+    """Options of one fine-tuning run (README "TSM fine-tuning" says what each one does)."""
+
+    snn: Path
+    ann: str | None = None
+    train: str = "p"
+    distill_weight: float = 1.0
+    data_weight: float = 0.0
+    data: Path | None = None
+    data_limit: int = 5000
+    pool: str = "record"
+    trajectories: int = 8
+    trajectory_steps: int = 10
+    eval_size: int = 16
+
+    def __post_init__(self) -> None:
+        e = FinetuneError
+        require(self.train in TRAINABLE, f"--train must be one of {', '.join(TRAINABLE)}, got {self.train!r}", e)
+        require(self.pool in POOLS, f"--pool must be one of {', '.join(POOLS)}, got {self.pool!r}", e)
+        at_least("--distill-weight", self.distill_weight, 0, e)
+        at_least("--data-weight", self.data_weight, 0, e)
+        require(self.distill_weight > 0 or self.data_weight > 0,
+                "--distill-weight and --data-weight are both 0: nothing to train on", e)
+        require(self.data_weight == 0 or self.data is not None, "--data-weight > 0 needs --data (a zip or folder of images)", e)
+        require(self.data is None or self.data_weight > 0, "--data given but --data-weight is 0 (pass --data-weight > 0)", e)
+        at_least("--data-limit", self.data_limit, 1, e)
+        at_least("--trajectories", self.trajectories, 1, e)
+        at_least("--trajectory-steps", self.trajectory_steps, 1, e)
+        at_least("--eval-size", self.eval_size, 1, e)
+        require(Path(self.out).resolve() != Path(self.snn).resolve(),
+                "--out must differ from --snn (the input model is never modified)", e)
+        self.check_training(e)
+
+    def recipe(self) -> dict[str, Any]:
+        """The options a checkpoint records and a resumed run must match."""
+        recipe = {key: getattr(self, key) for key in RECIPE_KEYS}
+        recipe["data"] = str(self.data) if self.data is not None else None
+        return recipe

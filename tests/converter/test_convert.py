@@ -1,0 +1,60 @@
+"""The conversion lifecycle: the UNet is built once, the fingerprint hashed once, the ANN's mode restored."""
+
+import pytest
+import torch
+
+from sdm.converter import convert as lifecycle
+from sdm.converter import model as model_module
+from sdm.converter.mapping import UnsupportedModuleError
+from sdm.converter.policy import ConversionPolicy
+from sdm.pretrained import loading
+from tests.conftest import make_tiny_source
+
+
+def test_one_conversion_builds_the_spiking_unet_once_and_hashes_the_source_once(tiny_record, monkeypatch):
+    source = make_tiny_source()
+    built, hashed = [], []
+    convert_modules, fingerprint = model_module.convert_unet_modules, loading.state_dict_fingerprint
+    monkeypatch.setattr(model_module, "convert_unet_modules", lambda *a: built.append(1) or convert_modules(*a))
+    monkeypatch.setattr(loading, "state_dict_fingerprint", lambda sd: hashed.append(1) or fingerprint(sd))
+    tiny_record.meta["source_fingerprint"] = source.fingerprint
+    result = lifecycle.convert_calibrating(source, ConversionPolicy(timesteps=2), lambda model: tiny_record)
+    assert len(built) == 1 and len(hashed) == 1
+    assert result.snn.config.provenance["source"]["fingerprint"] == source.fingerprint
+    assert set(result.seconds) == {"calibration", "conversion"}
+
+
+def test_an_unconvertible_model_is_refused_before_calibration(tiny_record):
+    source = make_tiny_source(down_block_types=("SkipDownBlock2D", "AttnDownBlock2D"),
+                              up_block_types=("AttnUpBlock2D", "SkipUpBlock2D"))
+    calls = []
+    with pytest.raises(UnsupportedModuleError, match="SkipDownBlock2D at down_blocks.0"):
+        lifecycle.convert_calibrating(source, ConversionPolicy(), lambda model: calls.append(1))
+    assert calls == []
+
+
+def test_the_ann_keeps_its_training_flag_when_calibration_fails(tiny_record):
+    source = make_tiny_source()
+    source.unet.train()
+    seen = []
+
+    def failing(model):
+        seen.append(model.unet.training)
+        raise RuntimeError("calibration failed")
+
+    with pytest.raises(RuntimeError):
+        lifecycle.convert_calibrating(source, ConversionPolicy(timesteps=2), failing)
+    assert seen == [False] and source.unet.training
+
+
+def test_a_record_of_another_model_is_refused(tiny_source, tiny_record):
+    other = make_tiny_source(seed=1)
+    with pytest.raises(Exception, match="from another model"):
+        lifecycle.convert(other, tiny_record, ConversionPolicy(timesteps=2))
+
+
+def test_the_ann_is_left_untouched(tiny_source, tiny_record):
+    before = {k: v.clone() for k, v in tiny_source.unet.state_dict().items()}
+    lifecycle.convert(tiny_source, tiny_record, ConversionPolicy(timesteps=2, layerwise=True, matching_inputs=2))
+    after = tiny_source.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -1,0 +1,149 @@
+"""The dependency rules of the package, read from every module's imports (ast, function bodies included).
+
+Stages: `sdm.core` (shared mechanisms) <- `sdm.pretrained` <- `sdm.calibration` <- `sdm.converter`
+<- `sdm.eval`, and `sdm.cli` on top. A CLI module is a module of the `sdm.cli` package or one of
+the thin entry points kept runnable as scripts (`python eval/compare.py`, `python -m
+sdm.eval.reference_stats`); it may import any stage. Every other module is a library module.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIRS = {"sdm": ROOT / "sdm", "sdm.core": ROOT / "core", "sdm.pretrained": ROOT / "pretrained",
+                "sdm.calibration": ROOT / "calibration", "sdm.converter": ROOT / "converter", "sdm.eval": ROOT / "eval"}
+ENTRY_POINTS = {"sdm.eval.compare", "sdm.eval.sweep", "sdm.eval.bench", "sdm.eval.reference_stats",
+                "sdm.eval.neuron_table"}
+# (importing stage, imported stage): why it is forbidden.
+FORBIDDEN = {
+    ("pretrained", "converter"): "source models know nothing of conversion",
+    ("pretrained", "calibration"): "source models know nothing of calibration",
+    ("calibration", "converter"): "statistics of the ANN do not depend on the SNN",
+    ("calibration", "eval"): "calibration does not measure",
+    ("converter", "eval"): "the converter does not measure (the CLI layer composes both)",
+    **{("core", stage): "core is the base every stage builds on"
+       for stage in ("pretrained", "calibration", "converter", "eval", "cli")},
+}
+# Imports that break a rule today, each with the change that removes it (none left).
+PENDING: dict[tuple[str, str], str] = {}
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for package, folder in PACKAGE_DIRS.items():
+        for path in sorted(folder.rglob("*.py")):
+            relative = path.relative_to(folder).with_suffix("")
+            parts = [p for p in relative.parts if p != "__init__"]
+            found[".".join([package, *parts])] = path
+    return found
+
+
+def is_cli(module: str) -> bool:
+    return module == "sdm.cli" or module.startswith("sdm.cli.") or module in ENTRY_POINTS
+
+
+def stage(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "sdm" else None
+
+
+def _type_checking_lines(tree: ast.AST) -> set[int]:
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
+    return lines
+
+
+def project_imports(path: Path) -> list[tuple[str, int, bool]]:
+    """(imported sdm module, line, inside a function) for every import of the file."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    typing_only = _type_checking_lines(tree)
+    local: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for child in ast.walk(node):
+                if isinstance(child, (ast.Import, ast.ImportFrom)):
+                    local.add(child.lineno)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        if node.lineno in typing_only:
+            continue
+        for name in names:
+            if name == "sdm" or name.startswith("sdm."):
+                found.append((name, node.lineno, node.lineno in local))
+    return found
+
+
+ALL = modules()
+
+
+def test_every_stage_is_found():
+    assert {stage(m) for m in ALL} >= {"core", "pretrained", "calibration", "converter", "eval", "cli"}
+    assert len(ALL) > 50
+
+
+@pytest.mark.parametrize("module", sorted(m for m in ALL if not is_cli(m)))
+def test_library_module_respects_the_dependency_rules(module):
+    broken = []
+    for imported, line, _ in project_imports(ALL[module]):
+        if (module, ".".join(imported.split(".")[:3])) in PENDING:
+            continue
+        if is_cli(imported):
+            broken.append(f"line {line}: {imported} (a library module never imports a CLI module)")
+        rule = FORBIDDEN.get((stage(module), stage(imported)))
+        if rule:
+            broken.append(f"line {line}: {imported} ({rule})")
+    assert not broken, f"{module}: " + "; ".join(broken)
+
+
+@pytest.mark.parametrize("module", sorted(m for m in ALL if not is_cli(m)))
+def test_library_imports_sit_at_the_module_top(module):
+    """Only CLI modules defer project imports (heavy libraries after parsing, for a fast --help)."""
+    local = [f"line {line}: {name}" for name, line, inside in project_imports(ALL[module]) if inside]
+    assert not local, f"{module} imports inside functions: {local}"
+
+
+def test_pending_exceptions_are_still_needed():
+    """An exception that no longer breaks a rule must be deleted from PENDING."""
+    for module, imported in PENDING:
+        assert any(name.startswith(imported) for name, _, _ in project_imports(ALL[module])), (module, imported)
+
+
+@pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
+def test_script_entry_points_are_thin(module):
+    """`python eval/compare.py` and friends only hand over to the CLI layer."""
+    tree = ast.parse(ALL[module].read_text())
+    imports = [name for name, _, _ in project_imports(ALL[module])]
+    assert imports and all(name.startswith("sdm.cli.") for name in imports), imports
+    kinds = {type(node).__name__ for node in tree.body}
+    assert kinds <= {"Expr", "Import", "ImportFrom", "If"}, kinds
+
+
+def test_the_detector_sees_a_forbidden_import_inside_a_function(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("def f():\n    from sdm.eval.paired import psnr\n")
+    assert project_imports(sample) == [("sdm.eval.paired", 2, True), ("sdm.eval.paired.psnr", 2, True)]
+
+
+def test_cli_modules_import_no_heavy_library():
+    """--help stays fast: importing any command module loads neither torch nor diffusers."""
+    names = sorted(m for m in ALL if is_cli(m) and m not in ENTRY_POINTS)
+    code = ("import sys\n" + "".join(f"import {name}\n" for name in names)
+            + "heavy = sorted(m for m in ('torch', 'diffusers', 'numpy') if m in sys.modules)\nprint(heavy)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
