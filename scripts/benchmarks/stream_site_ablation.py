@@ -24,7 +24,8 @@ from sdm.calibration.record import CalibrationRecord
 from sdm.calibration.sites import IDENTITY
 from sdm.converter.convert import convert
 from sdm.converter.policy import ConversionPolicy
-from sdm.eval.sampling import as_eps_function, initial_noise, run_sampler
+from sdm.core.diffusion import as_eps_function, initial_noise
+from sdm.eval.sampling import run_sampler
 from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.zoo import DEFAULT_MODEL
 
