@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from sdm.calibration.record import CalibrationRecord, SiteStats
 from sdm.calibration.settings import CalibrationSettings
-from sdm.calibration.sites import activation_sites
+from sdm.calibration.sites import IDENTITY, Site, all_sites
 from sdm.core.diffusion import (as_eps_function, forward_noising, initial_noise, run_trajectory, sample_shape,
                                 to_model_range, trajectory_length)
 from sdm.core.image_data import ImageSource
@@ -25,10 +25,15 @@ DATA_FREE_SAMPLER = "ddim"
 
 
 class _SiteCollector:
-    """Forward hook on a site's GroupNorm: subsamples z per channel, averages group stats."""
+    """Hook on one site: subsamples z per channel and, for a GroupNorm site, averages group stats.
 
-    def __init__(self, norm: nn.GroupNorm, values_per_channel: int, generator: torch.Generator) -> None:
-        self.groups = norm.num_groups
+    z is what the site's neurons will encode: a GroupNorm's output (activation sites) or a
+    consuming module's input or a projection's output (stream sites, activation "identity").
+    """
+
+    def __init__(self, site: Site, values_per_channel: int, generator: torch.Generator) -> None:
+        self.site = site
+        self.groups = site.module.num_groups if isinstance(site.module, nn.GroupNorm) else None
         self.values_per_channel = values_per_channel
         self.generator = generator
         self.samples: list[torch.Tensor] = []
@@ -38,9 +43,14 @@ class _SiteCollector:
         self.group_var_sum: torch.Tensor | None = None
         self.images = 0
 
-    def __call__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], z: torch.Tensor) -> None:
-        h = inputs[0].detach().float()
-        z = z.detach().float()
+    def attach(self) -> torch.utils.hooks.RemovableHandle:
+        module = self.site.module
+        if self.site.observes == "input":
+            return module.register_forward_pre_hook(lambda m, inputs: self.observe(inputs[0], inputs[0]))
+        return module.register_forward_hook(lambda m, inputs, z: self.observe(inputs[0], z))
+
+    def observe(self, h: torch.Tensor, z: torch.Tensor) -> None:
+        z = z.detach().float().movedim(self.site.channel_dim, 1)
         channels = z.shape[1]
         flat = z.transpose(0, 1).reshape(channels, -1)
         picks = torch.randint(flat.shape[1], (self.values_per_channel,), generator=self.generator)
@@ -48,23 +58,25 @@ class _SiteCollector:
         lo, hi = flat.min(dim=1).values.cpu(), flat.max(dim=1).values.cpu()
         self.z_min = lo if self.z_min is None else torch.minimum(self.z_min, lo)
         self.z_max = hi if self.z_max is None else torch.maximum(self.z_max, hi)
+        self.images += z.shape[0]
+        if self.groups is None:
+            return
+        h = h.detach().float()
         grouped = h.reshape(h.shape[0], self.groups, -1)
         mean, var = grouped.mean(dim=2).sum(dim=0).cpu(), grouped.var(dim=2, unbiased=False).sum(dim=0).cpu()
         self.group_mean_sum = mean if self.group_mean_sum is None else self.group_mean_sum + mean
         self.group_var_sum = var if self.group_var_sum is None else self.group_var_sum + var
-        self.images += h.shape[0]
 
-    def finish(self, quantiles: int, activation: str) -> SiteStats:
+    def finish(self, quantiles: int) -> SiteStats:
         values = torch.cat(self.samples, dim=1)
         levels = torch.linspace(0.0, 1.0, quantiles)
         sketch = torch.quantile(values, levels, dim=1).T.contiguous()
         sketch[:, 0], sketch[:, -1] = self.z_min, self.z_max
-        return SiteStats(
-            z_quantiles=sketch,
-            group_mean=self.group_mean_sum / self.images,
-            group_var=self.group_var_sum / self.images,
-            activation=activation,
-        )
+        if self.groups is None:  # no GroupNorm to freeze: neutral statistics, as for the input encoder
+            mean, var = torch.zeros(1), torch.ones(1)
+        else:
+            mean, var = self.group_mean_sum / self.images, self.group_var_sum / self.images
+        return SiteStats(z_quantiles=sketch, group_mean=mean, group_var=var, activation=self.site.activation)
 
 
 def _run_with_collectors(unet: UNet2DModel, settings: CalibrationSettings, feed) -> tuple[dict[str, SiteStats], list[int]]:
@@ -72,16 +84,19 @@ def _run_with_collectors(unet: UNet2DModel, settings: CalibrationSettings, feed)
 
     `feed` returns the diffusion timesteps it visited.
     """
-    generator = torch.Generator().manual_seed(settings.seed + 1)
-    sites = activation_sites(unet)
-    collectors = {name: _SiteCollector(site.norm, settings.values_per_channel, generator) for name, site in sites.items()}
-    handles = [sites[name].norm.register_forward_hook(c) for name, c in collectors.items()]
+    # Stream sites draw from their own generator, so activation sites sample what they always did.
+    generators = {"activation": torch.Generator().manual_seed(settings.seed + 1),
+                  "stream": torch.Generator().manual_seed(settings.seed + 2)}
+    collectors = {name: _SiteCollector(site, settings.values_per_channel,
+                                       generators["stream" if site.activation == IDENTITY else "activation"])
+                  for name, site in all_sites(unet).items()}
+    handles = [c.attach() for c in collectors.values()]
     try:
         visited = feed(unet)
     finally:
         for handle in handles:
             handle.remove()
-    stats = {name: c.finish(settings.quantiles, sites[name].activation) for name, c in collectors.items()}
+    stats = {name: c.finish(settings.quantiles) for name, c in collectors.items()}
     return stats, visited
 
 

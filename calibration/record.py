@@ -55,6 +55,15 @@ class CalibrationRecord:
                 f"calibration record is from another model (fingerprint {recorded}, model has {fingerprint})"
             )
 
+    def require_sites(self, names: list[str]) -> None:
+        """Refuse a record that lacks sites a model needs (one made before those sites existed)."""
+        missing = [name for name in names if name not in self.sites]
+        if missing:
+            raise CalibrationError(
+                f"calibration record has no statistics for {len(missing)} site(s) this model needs (e.g. {missing[0]}); "
+                "it predates them: re-run calibration (sdm-convert without --record)"
+            )
+
     def save(self, folder: Path) -> None:
         tensors: dict[str, torch.Tensor] = {}
         for name, stats in self.sites.items():

@@ -134,11 +134,6 @@ def site_thresholds(
     return SiteThresholds(pos=pos, neg=neg, shift=shift)
 
 
-def record_thresholds(record: CalibrationRecord, timesteps: int, **options) -> dict[str, SiteThresholds]:
-    """Thresholds for every site of a record (options as in `site_thresholds`)."""
-    return {name: site_thresholds(stats, timesteps, **options) for name, stats in record.sites.items()}
-
-
 def input_stats(record: CalibrationRecord, quantiles: int = 257) -> SiteStats:
     """Per-channel statistics of the UNet inputs x_t themselves (for spike-encoded inputs)."""
     if record.inputs is None:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from sdm.calibration.record import CalibrationRecord
-from sdm.calibration.thresholds import input_stats, record_thresholds, site_thresholds
+from sdm.calibration.thresholds import input_stats, site_thresholds
 from sdm.converter.layerwise import match_layerwise
 from sdm.converter.mapping import INPUT_SITE
 from sdm.converter.model import SpikingUNet2DModel
@@ -59,9 +59,11 @@ def finalize(snn: SpikingUNet2DModel, source: SourceModel, record: CalibrationRe
     snn.register_to_config(provenance=provenance)
     options = dict(method=policy.threshold_method, percentile=policy.percentile, granularity=policy.granularity,
                    membrane_init=policy.membrane_init, bias_correction=policy.bias_correction)
-    thresholds = record_thresholds(record, policy.timesteps, signed=policy.negative_lobe == "signed", **options)
-    if policy.input_encoding == "spikes":
-        thresholds[INPUT_SITE] = site_thresholds(input_stats(record), policy.timesteps, signed=True, **options)
+    sites = snn.sites()
+    record.require_sites([name for name in sites if name != INPUT_SITE])
+    thresholds = {name: site_thresholds(input_stats(record) if name == INPUT_SITE else record.sites[name],
+                                        policy.timesteps, signed=site.neuron.signed, **options)
+                  for name, site in sites.items()}
     snn.set_thresholds(thresholds)
     if policy.norm == "frozen":
         snn.set_frozen_norm_stats({name: (s.group_mean, s.group_var) for name, s in record.sites.items()})

@@ -112,7 +112,10 @@ class SpikingActivation(TimeFolded):
     (computed from g_t directly), the single-spike neuron its increments t * g_t - (t-1) * g_(t-1).
     TSM multiplies the increment at step t by a learnable p[t] (the cumulative drive is then their
     running sum). In closed form the input is the time average itself and the site is its twin:
-    theta_pos * ON - theta_neg * OFF counts of T * g, over T, plus the bias-correction shift.
+    theta_pos * ON - theta_neg * OFF counts of T * g, over T.
+
+    The site emits spikes (or levels) only: its bias correction `output_shift` is folded into the
+    bias of the layer it feeds (converter/residual.py), so that layer's input is spikes.
     """
 
     def __init__(self, site: str, norm: nn.Module, activation: nn.Module, channels: int, timesteps: int,
@@ -143,9 +146,10 @@ class SpikingActivation(TimeFolded):
             return z
         high, low = self.neuron.thresholds(z)
         low = -low
-        if _functional():
-            return torch.clamp(self.activation(z), min=low, max=high)
-        return self.activation(z).clamp_(min=low, max=high)
+        target = self.activation(z)
+        if _functional() or target is running:  # identity sites: never clamp the caller's tensor in place
+            return torch.clamp(target, min=low, max=high)
+        return target.clamp_(min=low, max=high)
 
     def drive_sequence(self, current: torch.Tensor) -> torch.Tensor:
         """The single-spike neuron's input at each SNN step, [T, B, ...], for a [T*B, ...] current."""
@@ -190,7 +194,7 @@ class SpikingActivation(TimeFolded):
         on, off = self.neuron.counts(cumulative, self.timesteps)
         theta_pos, theta_neg = self.neuron.thresholds(cumulative)
         level = theta_pos * on if off is None else theta_pos * on - theta_neg * off
-        return level / self.timesteps + self.shift_like(level)
+        return level / self.timesteps
 
     def shift_like(self, like: torch.Tensor) -> torch.Tensor:
         """The bias-correction shift shaped to broadcast over `like` ([N, C, ...])."""
@@ -215,8 +219,7 @@ class SpikingActivation(TimeFolded):
             else:
                 spikes = self.neuron.inference_steps(drive, in_place=True).flatten(0, 1)
             self.neuron.reset()
-        shift = self.shift_like(spikes)
-        return spikes + shift if _functional() else spikes.add_(shift)
+        return spikes
 
     def _fused_forward(self, current: torch.Tensor) -> torch.Tensor:
         """forward() with the site kernel: the same arithmetic, one pass over memory per stage."""
@@ -226,8 +229,9 @@ class SpikingActivation(TimeFolded):
         if neuron.signed:
             values = self.activation(values)
         tsm = None if self.tsm is None else self.tsm.detach()
+        no_shift = torch.zeros_like(self.output_shift)  # folded into the consumer's bias instead
         spikes, count = site_kernel.fire(values.contiguous().unflatten(0, (self.timesteps, -1)), neuron,
-                                         self.output_shift, tsm)
+                                         no_shift, tsm)
         neuron.count_spikes(count, spikes.numel())
         return spikes.flatten(0, 1)
 

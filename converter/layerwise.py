@@ -119,7 +119,7 @@ def match_layerwise(
         if bias_correction:
             achieved = output.unflatten(0, (steps, -1)).mean(dim=0)
             site.output_shift.copy_((targets[site.site] - achieved).mean(dim=(0, 2, 3)))
-        return output + site.output_shift.view(1, -1, 1, 1)
+        return output  # the consuming layer adds the (new) bias correction itself
 
     handles = []
     for site in sites.values():

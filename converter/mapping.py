@@ -22,7 +22,15 @@ from diffusers.models.unets.unet_2d_blocks import (
 )
 from torch import nn
 
-from sdm.calibration.sites import OUTPUT_SITE, RESNET_SITE_NORMS, site_name
+from sdm.calibration.sites import (
+    OUTPUT_SITE,
+    RESNET_SITE_NORMS,
+    attention_input_site_name,
+    attention_product_site_names,
+    resampler_site_name,
+    shortcut_site_name,
+    site_name,
+)
 from sdm.converter.layers import (
     ConstantOverTime,
     FrozenGroupNorm,
@@ -31,6 +39,7 @@ from sdm.converter.layers import (
     SpikingResnetBlock2D,
 )
 from sdm.converter.policy import ConversionPolicy
+from sdm.converter.residual import SpikeDriven, SpikeDrivenAttention, fold
 from sdm.core.errors import SdmError
 
 
@@ -48,13 +57,12 @@ CONTAINERS: tuple[type[nn.Module], ...] = (
     UNetMidBlock2D,
 )
 # Kept as they are: linear maps, and the timestep embedding (constant over SNN time: analog, once).
+# (Down/up-sampling is in CONVERSIONS: analog at the hybrid level, spike-driven above it.)
 KEPT: tuple[type[nn.Module], ...] = (
     nn.Conv2d,
     nn.Linear,
     nn.Dropout,
     nn.Identity,
-    Downsample2D,
-    Upsample2D,
     Timesteps,
     TimestepEmbedding,
     GaussianFourierProjection,
@@ -80,13 +88,21 @@ def _site(path: str, norm: nn.Module, activation: nn.Module, policy: ConversionP
 INPUT_SITE = "conv_in.input"
 
 
+def _stream_site(name: str, channels: int, policy: ConversionPolicy) -> SpikingActivation:
+    """An identity site: signed spikes encoding an analog value (the image, the residual stream)."""
+    return SpikingActivation(site=name, norm=nn.Identity(), activation=nn.Identity(), channels=channels,
+                             timesteps=policy.timesteps, signed=True, membrane_init=policy.membrane_init,
+                             neuron=policy.neuron, max_payload=policy.max_payload)
+
+
 def _encode_input(conv_in: nn.Conv2d, policy: ConversionPolicy) -> nn.Sequential:
     """Drive conv_in with signed spikes encoding the image instead of the analog image itself."""
-    encoder = SpikingActivation(site=INPUT_SITE, norm=nn.Identity(), activation=nn.Identity(),
-                                channels=conv_in.in_channels, timesteps=policy.timesteps, signed=True,
-                                membrane_init=policy.membrane_init, neuron=policy.neuron,
-                                max_payload=policy.max_payload)
-    return nn.Sequential(encoder, conv_in)
+    encoder = _stream_site(INPUT_SITE, conv_in.in_channels, policy)
+    return nn.Sequential(encoder, fold(conv_in, encoder))
+
+
+def _spiking_stream(policy: ConversionPolicy) -> bool:
+    return policy.spiking in ("residual", "full")
 
 
 def _convert_resnet(block: ResnetBlock2D, path: str, policy: ConversionPolicy) -> nn.Module:
@@ -98,7 +114,36 @@ def _convert_resnet(block: ResnetBlock2D, path: str, policy: ConversionPolicy) -
         )
     site1, site2 = (_site(site_name(path, norm), getattr(block, norm), block.nonlinearity, policy)
                     for norm in RESNET_SITE_NORMS)
-    return SpikingResnetBlock2D(block, site1, site2)
+    spiking = SpikingResnetBlock2D(block, site1, site2)
+    spiking.conv1, spiking.conv2 = fold(block.conv1, site1), fold(block.conv2, site2)
+    if block.conv_shortcut is not None and _spiking_stream(policy):
+        if not isinstance(block.conv_shortcut, nn.Conv2d):
+            raise UnsupportedModuleError(f"unsupported shortcut {type(block.conv_shortcut).__name__} at {path} "
+                                         f"for spiking level {policy.spiking!r}")
+        site = _stream_site(shortcut_site_name(path), block.conv_shortcut.in_channels, policy)
+        spiking.conv_shortcut = SpikeDriven(site, fold(block.conv_shortcut, site))
+    return spiking
+
+
+def _convert_resampler(module: nn.Module, path: str, policy: ConversionPolicy) -> nn.Module:
+    """Down/up-sampling: analog at the hybrid level; else a site, then the resampler, its conv folded.
+
+    One without a convolution (average pooling, plain nearest up-sampling) does no MACs and stays.
+    """
+    used = "conv" if isinstance(module, Downsample2D) or module.name == "conv" else "Conv2d_0"  # as in forward()
+    conv = getattr(module, used, None)
+    if not _spiking_stream(policy) or not (module.use_conv and isinstance(conv, nn.Module)):
+        return module
+    if module.norm is not None or getattr(module, "use_conv_transpose", False) or not isinstance(conv, nn.Conv2d):
+        raise UnsupportedModuleError(f"unsupported {type(module).__name__} (norm or transposed convolution) at {path} "
+                                     f"for spiking level {policy.spiking!r}")
+    site = _stream_site(resampler_site_name(path), module.channels, policy)
+    pad = (0, 1, 0, 1) if isinstance(module, Downsample2D) and module.padding == 0 else None
+    folded = fold(conv, site, input_pad=pad)
+    for name in ("conv", "Conv2d_0"):
+        if getattr(module, name, None) is conv:
+            setattr(module, name, folded)
+    return SpikeDriven(site, module)
 
 
 def _convert_attention(attention: Attention, path: str, policy: ConversionPolicy) -> nn.Module:
@@ -113,12 +158,25 @@ def _convert_attention(attention: Attention, path: str, policy: ConversionPolicy
     found = [name for name, present in unsupported.items() if present]
     if found:
         raise UnsupportedModuleError(f"unsupported Attention variant ({', '.join(found)}) at {path}")
-    return SpikingAttention(attention, policy.timesteps, policy.attention)
+    if not _spiking_stream(policy):
+        return SpikingAttention(attention, policy.timesteps, policy.attention)
+    if not all(isinstance(m, nn.Linear) for m in (attention.to_q, attention.to_k, attention.to_v, attention.to_out[0])):
+        raise UnsupportedModuleError(f"unsupported Attention projections at {path} for spiking level {policy.spiking!r}")
+    input_site = _stream_site(attention_input_site_name(path), attention.to_q.in_features, policy)
+    product_sites = None
+    if policy.spiking == "full":
+        names = attention_product_site_names(path)
+        channels = {"q": attention.to_q.out_features, "k": attention.to_k.out_features,
+                    "v": attention.to_v.out_features, "out": attention.to_out[0].in_features}
+        product_sites = {key: _stream_site(names[key], channels[key], policy) for key in ("q", "k", "v", "out")}
+    return SpikeDrivenAttention(attention, policy.timesteps, input_site, product_sites)
 
 
 CONVERSIONS: dict[type[nn.Module], Callable[[nn.Module, str, ConversionPolicy], nn.Module]] = {
     ResnetBlock2D: _convert_resnet,
     Attention: _convert_attention,
+    Downsample2D: _convert_resampler,
+    Upsample2D: _convert_resampler,
 }
 
 
@@ -145,11 +203,13 @@ def convert_unet_modules(unet: UNet2DModel, policy: ConversionPolicy) -> UNet2DM
         raise UnsupportedModuleError("unsupported UNet2DModel without conv_norm_out")
     unet.conv_norm_out = _site(OUTPUT_SITE, unet.conv_norm_out, unet.conv_act, policy)
     unet.conv_act = nn.Identity()
+    unet.conv_out = fold(unet.conv_out, unet.conv_norm_out)
     if policy.input_encoding == "spikes":
         unet.conv_in = _encode_input(unet.conv_in, policy)
     else:
         unet.conv_in = ConstantOverTime(unet.conv_in, policy.timesteps)
     unet.time_embedding = ConstantOverTime(unet.time_embedding, policy.timesteps)
-    _convert_children(unet, "", policy, done=frozenset({"conv_norm_out", "conv_act", "conv_in", "time_embedding"}))
+    _convert_children(unet, "", policy,
+                      done=frozenset({"conv_norm_out", "conv_act", "conv_out", "conv_in", "time_embedding"}))
     return unet
 

@@ -56,7 +56,7 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
         created here so that their saved values load into them.
         """
         super().__init__()
-        self.policy = ConversionPolicy.from_dict(policy)
+        self.policy = ConversionPolicy.from_saved(policy)
         prebuilt = _PREBUILT.get()
         if prebuilt is None:  # from_pretrained: the architecture from the config, the weights load next
             prebuilt = convert_unet_modules(UNet2DModel(**{k: v for k, v in source_config.items()

@@ -14,6 +14,8 @@ INPUT_ENCODINGS = ("analog", "spikes")
 THRESHOLD_METHODS = ("max", "percentile", "mse")
 GRANULARITIES = ("channel", "layer", "auto")
 NEURONS = ("exact", "single-spike")
+SPIKING_LEVELS = ("hybrid", "residual", "full")
+LEGACY_SPIKING = "hybrid"  # what a saved policy without the field meant: it predates the other levels
 
 
 class PolicyError(SdmError):
@@ -43,6 +45,11 @@ class ConversionPolicy:
     layerwise: refit thresholds and bias currents site by site on the SNN's own inputs against
         the ANN's activations (see converter/layerwise.py); `matching_inputs` calibration x_t.
     threshold_scale: threshold guidance (TG), a global factor on all thresholds at sampling time.
+    spiking: how much of the UNet is spike-driven. "hybrid": the ResNet convolutions and conv_out
+        (the residual stream, attention and its projections stay analog); "residual": also every
+        convolution and projection fed by the residual stream (shortcut, down- and up-sampling
+        convolutions, q/k/v), through identity sites; "full": also attention's products
+        (Q K^T and softmax V as products of spike trains) and its output projection.
     """
 
     timesteps: int = 4
@@ -60,6 +67,7 @@ class ConversionPolicy:
     layerwise: bool = False
     matching_inputs: int = 16
     threshold_scale: float = 1.0
+    spiking: str = "hybrid"
 
     def __post_init__(self) -> None:
         if not isinstance(self.timesteps, int) or self.timesteps < 1:
@@ -73,6 +81,7 @@ class ConversionPolicy:
         _check_choice("input_encoding", self.input_encoding, INPUT_ENCODINGS)
         _check_choice("threshold_method", self.threshold_method, THRESHOLD_METHODS)
         _check_choice("granularity", self.granularity, GRANULARITIES)
+        _check_choice("spiking", self.spiking, SPIKING_LEVELS)
         if not 0.0 < self.percentile <= 100.0:
             raise PolicyError(f"percentile must be in (0, 100], got {self.percentile}")
         if not 0.0 <= self.membrane_init < 1.0:
@@ -92,6 +101,11 @@ class ConversionPolicy:
         if unknown:
             raise PolicyError(f"unknown conversion options: {', '.join(unknown)}")
         return cls(**data)
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> "ConversionPolicy":
+        """A policy read back from a saved model: one saved before `spiking` existed was hybrid."""
+        return cls.from_dict({"spiking": LEGACY_SPIKING, **data})
 
     def replace(self, **changes: Any) -> "ConversionPolicy":
         return ConversionPolicy.from_dict({**self.to_dict(), **changes})

@@ -6,6 +6,7 @@ fidelity check of `sdm-convert`.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from sdm.core.errors import SdmError
 from sdm.core.images import save_grid_rows, to_uint8
 from sdm.core.settings import SamplingSettings
 from sdm.eval import distributed
-from sdm.eval.energy import count_operations, energy_estimate
+from sdm.eval.energy import Activity, ActivityMonitor, count_operations, energy_estimate
 from sdm.eval.sampling import Trajectory, run_sampler
 from sdm.pretrained.loading import SourceModel
 
@@ -88,8 +89,11 @@ def _measure(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, 
     snn.set_simulation("closed-form" if closed_form else "steps")
     snn.set_monitor(not closed_form)
     try:
-        run = _sample(eps or as_eps_function(snn), noise, source, settings, f"SNN sampling ({label})",
-                      reference=as_eps_function(source.unet))
+        activity = Activity()
+        with nullcontext() if closed_form else ActivityMonitor(snn, activity):
+            run = _sample(eps or as_eps_function(snn), noise, source, settings, f"SNN sampling ({label})",
+                          reference=as_eps_function(source.unet))
+        activity = activity.summed(distributed.sum_counts)
         counts = distributed.sum_counts({name: (n.spike_count, n.neuron_steps) for name, n in snn.neurons().items()})
         rates = {name: spikes / max(steps, 1) for name, (spikes, steps) in counts.items()}
         total_spikes = sum(spikes for spikes, _ in counts.values())
@@ -105,7 +109,7 @@ def _measure(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, 
                                   "convention": "not measured: the closed form simulates no spikes (use --simulation both)"}
     else:
         spike_rate = {"mean": total_spikes / max(total_steps, 1), "per_site": rates}
-        energy = energy_estimate(snn, count_operations(snn), rates)
+        energy = energy_estimate(snn, count_operations(snn), activity, rates)
     ann_eval, snn_eval = ann_run.unet_seconds / ann_run.unet_calls, run.unet_seconds / run.unet_calls
     return {
         "label": label,

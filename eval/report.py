@@ -69,15 +69,17 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"device {report['device']}, TF32 {'on' if report.get('tf32') else 'off'}, "
         f"{report.get('processes', 1)} process(es).",
         "",
-        "| model | T | PSNR (dB) | eps rel. L2 | eps cosine | spike rate | energy SNN/ANN | time SNN/ANN | FID SNN vs ANN | FID ANN | FID SNN |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | spiking | T | PSNR (dB) | eps rel. L2 | eps cosine | spike rate | energy SNN/ANN | energy SNN/quantised ANN | time SNN/ANN | FID SNN vs ANN | FID ANN | FID SNN |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in report["runs"]:
         fid = run["fid"]
         lines.append(
-            f"| {run['label']} | {run['timesteps']} | {_fmt(run['paired']['psnr_db'], 2)} | "
+            f"| {run['label']} | {run['policy'].get('spiking', 'hybrid')} | {run['timesteps']} | "
+            f"{_fmt(run['paired']['psnr_db'], 2)} | "
             f"{_fmt(run['paired']['eps_rel_l2'], 4)} | {_fmt(run['paired']['eps_cosine'], 4)} | "
             f"{_fmt(run['spike_rate']['mean'])} | {_fmt(run['energy']['snn_over_ann'])} | "
+            f"{_fmt(run['energy']['snn_over_quantised_ann'])} | "
             f"{_fmt(run['time']['snn_over_ann'], 2)} | {_fmt(fid['snn_vs_ann'], 2)} | {_fmt(fid['ann'], 2)} | "
             f"{_fmt(fid['snn'], 2)} |"
         )
@@ -86,7 +88,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"{reference['source']} ({reference['split']}, {reference['count']} images)" if reference else "none given"
     ) + f"; FID sample count {report['num_samples']}.",
         "",
-        "Energy convention: " + report["energy"]["convention"] + ".",
+        "Energy convention: " + report["energy"]["convention"] + "; per layer kind in report.json "
+        "(`energy.by_kind_microjoules`).",
         "",
         "![grid](grid.png)",
         "",

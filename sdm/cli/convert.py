@@ -18,6 +18,7 @@ from sdm.converter.policy import (
     NEGATIVE_LOBES,
     NEURONS,
     NORM_MODES,
+    SPIKING_LEVELS,
     THRESHOLD_METHODS,
     ConversionPolicy,
 )
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="analog: conv_in(x) injected as a current; spikes: x encoded by signed IF neurons")
     neurons.add_argument("--membrane-init", type=float, default=0.5,
                          help="initial membrane potential as a fraction of the threshold")
+    neurons.add_argument("--spiking", default=ConversionPolicy.spiking,  # checked by the policy: a one-line error
+                         help=f"{' | '.join(SPIKING_LEVELS)}: how much is spike-driven: hybrid (ResNet convs; "
+                              "residual stream and attention analog), residual (also shortcut / down / up convs and "
+                              "q/k/v), full (also attention's products and output projection); see README")
 
     evaluation = parser.add_argument_group("fidelity check")
     evaluation.add_argument("--eval-samples", type=int, default=8,
@@ -96,6 +101,7 @@ def policy_from_args(args: argparse.Namespace) -> ConversionPolicy:
         layerwise=args.layerwise,
         matching_inputs=args.matching_inputs,
         threshold_scale=args.threshold_scale,
+        spiking=args.spiking,
     )
 
 

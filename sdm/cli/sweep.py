@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ann_argument(p)
     p.add_argument("--record", type=Path, required=True,
                    help="folder with calibration.json/.safetensors (from sdm-calibrate, or any sdm-convert output)")
+    p.add_argument("--levels", default="hybrid", help="comma list of spiking levels: hybrid, residual, full")
     p.add_argument("--methods", default="mse", help=f"comma list of {', '.join(THRESHOLD_METHODS)}")
     p.add_argument("--percentiles", default="99.9", help="comma list, used with the percentile method")
     p.add_argument("--timesteps", default="4", help="comma list of T")
@@ -47,6 +48,7 @@ class SweepSettings:
     out: Path
     overwrite: bool
     simulation: str = "steps"
+    levels: tuple[str, ...] = ("hybrid",)
 
     def __post_init__(self) -> None:
         ensure_free_target(self.out, self.overwrite)  # and proven writable, before any model loads
@@ -59,7 +61,7 @@ class SweepSettings:
                    timesteps=tuple(parse_list(args.timesteps, "--timesteps", int)),
                    scales=tuple(parse_list(args.scales, "--scales", float)), policy=extra,
                    sampling=sampling_settings(args), out=args.out, overwrite=args.overwrite,
-                   simulation=args.simulation)
+                   simulation=args.simulation, levels=tuple(v.strip() for v in args.levels.split(",") if v.strip()))
 
 
 def run(settings: SweepSettings) -> list[dict]:
@@ -67,7 +69,8 @@ def run(settings: SweepSettings) -> list[dict]:
     from sdm.core.devices import resolve_device
     from sdm.eval.sweeps import SweepGrid, sweep
 
-    grid = SweepGrid(settings.methods, settings.percentiles, settings.timesteps, settings.scales, settings.policy)
+    grid = SweepGrid(settings.methods, settings.percentiles, settings.timesteps, settings.scales, settings.policy,
+                     settings.levels)
     grid.combinations()  # every policy valid before the device or any model
     sampling = replace(settings.sampling, device=resolve_device(settings.sampling.device))
     return sweep(settings.ann, settings.record, grid, sampling, settings.out, settings.overwrite, settings.simulation)

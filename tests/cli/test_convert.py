@@ -45,6 +45,24 @@ def test_reuses_a_saved_record(tmp_path, tiny_folder, capsys):
     assert (second / "calibration.json").read_text() == (first / "calibration.json").read_text()
 
 
+def test_spiking_level_is_saved_and_an_older_record_is_refused(tmp_path, tiny_folder, capsys):
+    first = tmp_path / "first"
+    assert main(["--checkpoint", str(tiny_folder), "--out", str(first), *FAST, "--eval-samples", "0",
+                 "--spiking", "full"]) == 0
+    assert json.loads((first / "config.json").read_text())["policy"]["spiking"] == "full"
+    meta = json.loads((first / "calibration.json").read_text())
+    meta["sites"] = {name: act for name, act in meta["sites"].items() if act != "identity"}  # as recorded before
+    (first / "calibration.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    out = tmp_path / "second"
+    assert main(["--checkpoint", str(tiny_folder), "--record", str(first), "--spiking", "residual",
+                 "--eval-samples", "0", "--out", str(out)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("sdm-convert: error:") and "re-run calibration" in errors[0]
+    assert not out.exists()
+
+
+
 def test_console_script_prints_one_line_and_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "sdm.cli.convert", "--checkpoint", str(tmp_path / "missing")],
                             capture_output=True, text=True, timeout=120)

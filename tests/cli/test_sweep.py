@@ -32,3 +32,18 @@ def test_two_by_two_sweep_writes_table_and_plot(record_folder, tmp_path):
     assert (out / "sweep_vs_timesteps.png").exists()
     settings = json.loads((out / "sweep.json").read_text())["settings"]
     assert settings["num_samples"] == "2" and settings["record"] == str(record_folder / "snn")
+
+
+def test_levels_sweep_writes_pareto_plot_and_per_site_rates(record_folder, tmp_path):
+    out = tmp_path / "levels"
+    argv = ["--ann", str(record_folder / "ann"), "--record", str(record_folder / "snn"), "--levels",
+            "hybrid,residual,full", "--timesteps", "2", "--num-samples", "1", "--steps", "2", "--out", str(out)]
+    assert sweep_main(argv) == 0
+    rows = list(csv.DictReader(open(out / "sweep.csv")))
+    assert [r["spiking"] for r in rows] == ["hybrid", "residual", "full"]
+    runs = json.loads((out / "sweep.json").read_text())["runs"]
+    analog = [run["energy"]["snn"]["analog_macs"] for run in runs]
+    assert analog[0] > analog[1] > analog[2]  # each level replaces analog MACs by accumulates
+    assert len(runs[2]["spike_rate_per_site"]) > len(runs[1]["spike_rate_per_site"]) > len(runs[0]["spike_rate_per_site"])
+    assert (out / "pareto.png").stat().st_size > 0 and (out / "spike_rates.png").stat().st_size > 0
+

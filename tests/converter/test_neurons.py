@@ -116,7 +116,7 @@ def _exact_site(signed: bool, timesteps: int, generator: torch.Generator, init: 
 
 def _net_counts(site: SpikingActivation, spikes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(ON, OFF) counts after T steps, read off the emitted spikes (float64: no rounding doubt)."""
-    total = (spikes - site.output_shift.view(1, 1, -1)).double().sum(dim=0)
+    total = spikes.double().sum(dim=0)  # sites emit spikes only (bias correction folded downstream)
     theta_pos, theta_neg = (t.double() * site.neuron.threshold_scale for t in
                             (site.neuron.threshold_pos, site.neuron.threshold_neg))
     return (total.clamp_min(0) / theta_pos).round(), ((-total).clamp_min(0) / theta_neg).round()

@@ -17,10 +17,12 @@ POLICIES = [
     ConversionPolicy(timesteps=4, bias_correction=False, granularity="layer"),
     ConversionPolicy(timesteps=4, negative_lobe="relu", membrane_init=0.0),
     ConversionPolicy(timesteps=8, input_encoding="spikes", norm="frozen"),
+    ConversionPolicy(timesteps=4, spiking="residual"),
+    ConversionPolicy(timesteps=3, spiking="full"),
 ]
 
 
-@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: f"T{p.timesteps}")
+@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: f"T{p.timesteps}-{p.spiking}")
 def test_closed_form_equals_the_step_simulation(tiny_source, tiny_record, policy):
     # float64: rounding that differs between one pass and T steps stays far below any threshold
     snn = convert(tiny_source, tiny_record, policy).double()
