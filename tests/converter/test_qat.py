@@ -119,3 +119,15 @@ def test_models_without_an_equal_twin_are_refused(tiny_source, tiny_record):
         qat.prepare(tsm)
     with pytest.raises(qat.QatError, match="unknown QAT weight set"):
         qat.prepare(convert(tiny_source, tiny_record, ConversionPolicy(timesteps=2)), "some")
+
+
+@pytest.mark.parametrize("level", ["residual", "full"])
+def test_every_spiking_level_trains_and_its_steps_equal_its_twin(tiny_source, tiny_record, level):
+    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=4, spiking=level))
+    thresholds = qat.thresholds_of(snn)
+    train(snn, tiny_source, "lora", steps=3)
+    qat.finish(snn)
+    assert any(not torch.equal(thresholds[name]["threshold_pos"], site.neuron.threshold_pos)
+               for name, site in snn.sites().items())
+    steps, twin = steps_and_twin(snn)
+    torch.testing.assert_close(steps, twin, rtol=0, atol=1e-9)
