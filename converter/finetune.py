@@ -1,5 +1,8 @@
-"""Fine-tuning a converted SNN (`sdm-finetune`): learn the TSM factors p[t] (and optionally
-thresholds or all weights) by distillation from the source ANN and/or real images.
+"""Fine-tuning a converted SNN (`sdm-finetune`) by distillation from the source ANN and/or real
+images. `method` "tsm": learn the TSM factors p[t] (and optionally thresholds or all weights) on
+the step simulation; "qat": train the quantised twin in closed form, one pass per step
+(converter/qat.py: LSQ thresholds, bias corrections, optionally weights or merged adapters),
+with fresh ANN trajectories every `refresh_every` steps and held-out before/after losses.
 
 Losses (weights `distill_weight`, `data_weight`):
 - distillation, no data needed: on x_t the source ANN visits along its own DDIM trajectories
@@ -29,7 +32,8 @@ from sdm.calibration.record import CalibrationRecord
 from sdm.calibration.settings import CalibrationError
 from sdm.converter.export import check_same_source, load_converted
 from sdm.converter.finetune_outputs import CHECKPOINT, LOSS_COLUMNS, write_outputs
-from sdm.converter.finetune_pool import TARGET_CHUNK, Pool, build_pool, load_images
+from sdm.converter import qat
+from sdm.converter.finetune_pool import TARGET_CHUNK, Pool, build_pool, held_out_inputs, load_images, refresh_pool
 from sdm.converter.finetune_settings import FinetuneError, FinetuneSettings
 from sdm.converter.model import SpikingUNet2DModel
 from sdm.converter.tsm import clamp_thresholds_, freeze, set_trainable, tsm_values
@@ -59,11 +63,18 @@ class Trainer(ResumableTrainer):
     """One fine-tuning run: batches and losses over the shared resumable trainer state."""
 
     def __init__(self, settings: FinetuneSettings, snn: SpikingUNet2DModel, pool: Pool, images: torch.Tensor | None,
-                 schedule: DDPMScheduler, device: torch.device) -> None:
-        named = set_trainable(snn, settings.train)
-        super().__init__(named, torch.optim.Adam([p for _, p in named], lr=settings.lr), settings.ema, settings.seed,
-                         device, FinetuneError)
+                 schedule: DDPMScheduler, device: torch.device, refresh=None, held_out: Pool | None = None) -> None:
+        """`refresh(generation)`: the pool of that generation of fresh trajectories (every
+        --refresh-every steps); `held_out`: fixed inputs for `evaluate` instead of pool inputs."""
+        if settings.method == "qat":
+            named = qat.prepare(snn, settings.weights, settings.rank, settings.seed)
+            groups = qat.parameter_groups(named, settings.lr, settings.weight_lr)
+        else:
+            named = set_trainable(snn, settings.train)
+            groups = [{"params": [p for _, p in named], "lr": settings.lr}]
+        super().__init__(named, torch.optim.Adam(groups), settings.ema, settings.seed, device, FinetuneError)
         self.settings, self.snn, self.pool, self.images, self.schedule = settings, snn, pool, images, schedule
+        self.refresh, self.held_out, self.generation = refresh, held_out, 0
         self.params = [p for _, p in named]
 
     def distill_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -83,6 +94,9 @@ class Trainer(ResumableTrainer):
 
     def train_step(self) -> list[float]:
         s = self.settings
+        if self.refresh is not None and self.step // s.refresh_every != self.generation:
+            self.generation = self.step // s.refresh_every
+            self.pool = self.refresh(self.generation)
         self.optimizer.zero_grad(set_to_none=True)
         distill = data = torch.zeros((), device=self.device)
         if s.distill_weight > 0:
@@ -93,15 +107,17 @@ class Trainer(ResumableTrainer):
             data = F.mse_loss(self.predict(x, t), target.to(self.device))
         loss = s.distill_weight * distill + s.data_weight * data
         grad_norm = self.optimise(loss, s.grad_clip)
-        if s.train != "p":
+        if s.method == "qat" or s.train != "p":
             clamp_thresholds_(self.snn)
         return self.finish_step(v.detach() for v in (loss, distill, data, grad_norm))
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Losses on fixed inputs (fp32, no autocast): the first eval-size pool inputs, spread evenly."""
+        """Losses on fixed inputs (fp32, no autocast): the held-out inputs, else eval-size pool inputs spread evenly."""
         s, result = self.settings, {}
-        if s.distill_weight > 0:
+        if s.distill_weight > 0 and self.held_out is not None:
+            result["distill"] = self._mse(self.held_out.x, self.held_out.t, self.held_out.target)
+        elif s.distill_weight > 0:
             count = min(s.eval_size, len(self.pool))
             index = torch.linspace(0, len(self.pool) - 1, count).round().long().unique()
             result["distill"] = self._mse(self.pool.x[index], self.pool.t[index], self.pool.target[index])
@@ -157,6 +173,8 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
     """The whole run: inputs, resume, the shared training loop, outputs."""
     device = resolve_device(settings.device)
     snn = load_converted(settings.snn, device=str(device))
+    if settings.method == "qat":
+        qat.check_trainable(snn)
     check_output_folder(settings.out, CHECKPOINT, settings.resume, settings.overwrite, "fine-tuning", FinetuneError)
     try:
         record: CalibrationRecord | None = CalibrationRecord.load(settings.snn)
@@ -186,9 +204,16 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
     started = time.perf_counter()
     pool = build_pool(settings, source, record, device) if settings.distill_weight > 0 else Pool.empty()
     pool_seconds = time.perf_counter() - started
+    qat_distill = settings.method == "qat" and settings.distill_weight > 0
+    held_out = held_out_inputs(settings, source, device) if qat_distill else None
     source.unet.to("cpu")
 
-    trainer = Trainer(settings, snn, pool, images, schedule, device)
+    refresh = None
+    if settings.refresh_every and settings.distill_weight > 0:
+        def refresh(generation: int) -> Pool:
+            return refresh_pool(trainer.pool, settings, source, device, generation)
+    thresholds_before = qat.thresholds_of(snn)
+    trainer = Trainer(settings, snn, pool, images, schedule, device, refresh, held_out)
     if resumed is not None:
         trainer.load_state(resumed)
         loss_before = resumed["loss_before"]
@@ -202,12 +227,18 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
         save_checkpoint(trainer.state(identity, recipe, loss_before), checkpoint_path, FinetuneError)
         write_loss_log(trainer.losses, LOSS_COLUMNS, settings.out / "loss_log.csv")
 
-    step_times = run_steps(trainer, settings.steps, settings.checkpoint_every, checkpoint, f"fine-tuning ({settings.train})")
+    step_times = run_steps(trainer, settings.steps, settings.checkpoint_every, checkpoint, "fine-tuning (qat)" if settings.method == "qat" else f"fine-tuning ({settings.train})")
     final_state = trainer.state(identity, recipe, loss_before)
     if trainer.ema:
         trainer.use_ema()
-    freeze(snn)
-    loss_after = trainer.evaluate()
+    if settings.method == "qat":
+        qat.finish(snn)  # a plain converted model again: steps simulation, adapters merged
+        snn.set_simulation("closed-form")  # which the steps equal: the after-loss at one pass per input
+        loss_after = trainer.evaluate()
+        snn.set_simulation("steps")
+    else:
+        freeze(snn)
+        loss_after = trainer.evaluate()
     snn.register_to_config(provenance={**provenance, "finetune": {"from": str(settings.snn), "steps": trainer.step, **recipe}})
     values = tsm_values(snn)
     summary = {
@@ -225,13 +256,21 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
         },
         "seconds_per_step": sum(step_times) / len(step_times) if step_times else None,
         "seconds_per_step_after_first": (sum(step_times[1:]) / (len(step_times) - 1)) if len(step_times) > 1 else None,
+        "seconds_per_step_all_runs": trainer.seconds / trainer.step if trainer.step else None,
         "distillation_inputs": len(pool),
         "loss_before": loss_before,
         "loss_after": loss_after,
         "loss_note": "fp32 losses of the saved model (EMA values if --ema) on fixed inputs: "
-                     "evenly spread distillation-pool inputs and the first data images with seeded noise",
-        "tsm_mean_per_step": np.mean(np.array(list(values.values())), axis=0).tolist(),
+                     + ("held-out ANN trajectories (seed 999, never trained on), computed in closed form (the "
+                        "quantised twin, which the step simulation equals)" if qat_distill else
+                        "evenly spread distillation-pool inputs")
+                     + (" and the first data images with seeded noise" if settings.data_weight > 0 else ""),
     }
+    if values:
+        summary["tsm_mean_per_step"] = np.mean(np.array(list(values.values())), axis=0).tolist()
+    if settings.method == "qat":
+        summary["threshold_change"] = {"note": "median new/old threshold ratio per layer kind and side",
+                                       **qat.threshold_changes(thresholds_before, snn)}
     write_outputs(settings.out, snn, record, summary, values, trainer.losses, final_state)
     summary["out"] = str(settings.out)
     return summary

@@ -1,5 +1,5 @@
 """What a fine-tuning run leaves behind: a converted-model folder with the learned values, plus
-tsm.json, tsm.png (p[t] per layer against t), loss_log.csv, finetune.json and the final checkpoint."""
+(TSM models) tsm.json, tsm.png (p[t] per layer against t), loss_log.csv, finetune.json and the final checkpoint."""
 
 from __future__ import annotations
 
@@ -54,9 +54,10 @@ def write_outputs(out: Path, snn: SpikingUNet2DModel, record: CalibrationRecord 
     with atomic_folder(out, overwrite=True) as staging:
         save_converted(snn, record, staging)
         (staging / "operations.json").write_text(json.dumps(operations_report(snn), indent=2))
-        (staging / "tsm.json").write_text(json.dumps({"timesteps": snn.timesteps, "mean": summary["tsm_mean_per_step"],
-                                                      "sites": values}, indent=2))
-        plot_tsm(values, staging / "tsm.png")
+        if values:  # a TSM model (a QAT model has no p[t])
+            (staging / "tsm.json").write_text(json.dumps({"timesteps": snn.timesteps, "mean": summary["tsm_mean_per_step"],
+                                                          "sites": values}, indent=2))
+            plot_tsm(values, staging / "tsm.png")
         write_loss_log(losses, LOSS_COLUMNS, staging / "loss_log.csv")
         (staging / "finetune.json").write_text(json.dumps(summary, indent=2))
         save_checkpoint(final_state, staging / CHECKPOINT, FinetuneError)

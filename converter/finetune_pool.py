@@ -22,6 +22,8 @@ from sdm.core.image_data import ImageSource
 from sdm.pretrained.loading import SourceModel
 
 TRAJECTORY_SEED_OFFSET = 1000  # fresh trajectories start away from the noise seeds evaluations use (0, 1, ...)
+GENERATION_SEED_STRIDE = 7919  # generation g of fresh trajectories: seed 1000 + --seed + g * stride
+HELD_OUT_SEED = 999  # QAT's fixed held-out distillation inputs: trajectories no generation trains on
 TARGET_CHUNK = 16
 
 
@@ -78,8 +80,34 @@ def build_pool(settings: FinetuneSettings, source: SourceModel, record: Calibrat
         parts.append(Pool(x, t, ann_targets(source.unet, x, t, device)))
     if settings.pool in ("trajectories", "both"):
         parts.append(ann_trajectories(source, settings.trajectories, settings.trajectory_steps,
-                                      TRAJECTORY_SEED_OFFSET + settings.seed, device))
+                                      trajectory_seed(settings.seed, 0), device))
     return Pool(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x", "t", "target")))
+
+
+def trajectory_seed(seed: int, generation: int) -> int:
+    """The noise seed of generation `generation` of fresh trajectories (0: the first pool's)."""
+    return TRAJECTORY_SEED_OFFSET + seed + generation * GENERATION_SEED_STRIDE
+
+
+def refresh_pool(pool: Pool, settings: FinetuneSettings, source: SourceModel, device: torch.device,
+                 generation: int) -> Pool:
+    """`pool` with its trajectory part (always last) replaced by generation `generation`'s fresh
+    trajectories: a function of (seed, generation) only, so a resumed run rebuilds the same pool."""
+    source.unet.to(device)
+    fresh = ann_trajectories(source, settings.trajectories, settings.trajectory_steps,
+                             trajectory_seed(settings.seed, generation), device)
+    source.unet.to("cpu")
+    keep = len(pool) - len(fresh)
+    return Pool(*(torch.cat([getattr(pool, f)[:keep], getattr(fresh, f)]) for f in ("x", "t", "target")))
+
+
+def held_out_inputs(settings: FinetuneSettings, source: SourceModel, device: torch.device) -> Pool:
+    """Fixed held-out distillation inputs (QAT's before/after losses): --eval-size x_t spread evenly
+    over ANN trajectories from a seed that no training generation uses."""
+    count = max(1, math.ceil(settings.eval_size / settings.trajectory_steps))
+    pool = ann_trajectories(source, count, settings.trajectory_steps, HELD_OUT_SEED, device)
+    index = torch.linspace(0, len(pool) - 1, min(settings.eval_size, len(pool))).round().long().unique()
+    return Pool(pool.x[index], pool.t[index], pool.target[index])
 
 
 def load_images(settings: FinetuneSettings, snn: SpikingUNet2DModel) -> torch.Tensor:

@@ -8,13 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from sdm.core.errors import SdmError
-from sdm.core.settings import TrainingSettings, at_least, require
+from sdm.core.settings import TrainingSettings, at_least, positive, require
 
+METHODS = ("tsm", "qat")
 TRAINABLE = ("p", "thresholds", "all")
+QAT_WEIGHTS = ("none", "lora", "all")
 POOLS = ("record", "trajectories", "both")
+DEFAULT_POOL = {"tsm": "record", "qat": "trajectories"}
+DEFAULT_REFRESH = {"tsm": 0, "qat": 50}
 # Options whose change would change the result: a resumed run must use the checkpoint's values.
-RECIPE_KEYS = ("train", "lr", "batch_size", "seed", "distill_weight", "data_weight", "data", "data_limit",
-               "bf16", "ema", "grad_clip", "pool", "trajectories", "trajectory_steps", "eval_size")
+RECIPE_KEYS = ("method", "train", "weights", "rank", "lr", "weight_lr", "batch_size", "seed", "distill_weight",
+               "data_weight", "data", "data_limit", "bf16", "ema", "grad_clip", "pool", "trajectories",
+               "trajectory_steps", "refresh_every", "eval_size")
 
 
 class FinetuneError(SdmError):
@@ -27,18 +32,38 @@ class FinetuneSettings(TrainingSettings):
 
     snn: Path
     ann: str | None = None
+    method: str = "tsm"
     train: str = "p"
+    weights: str = "none"
+    rank: int = 4
+    weight_lr: float = 1e-4
     distill_weight: float = 1.0
     data_weight: float = 0.0
     data: Path | None = None
     data_limit: int = 5000
-    pool: str = "record"
+    pool: str | None = None  # None: the method's default (DEFAULT_POOL)
     trajectories: int = 8
     trajectory_steps: int = 10
+    refresh_every: int | None = None  # None: the method's default (DEFAULT_REFRESH)
     eval_size: int = 16
 
     def __post_init__(self) -> None:
         e = FinetuneError
+        require(self.method in METHODS, f"--method must be one of {', '.join(METHODS)}, got {self.method!r}", e)
+        if self.pool is None:
+            object.__setattr__(self, "pool", DEFAULT_POOL[self.method])
+        if self.refresh_every is None:
+            object.__setattr__(self, "refresh_every", DEFAULT_REFRESH[self.method])
+        require(self.method == "tsm" or self.train == "p",
+                "--train is for --method tsm: --method qat trains thresholds and bias corrections (plus --weights)", e)
+        require(self.weights in QAT_WEIGHTS, f"--weights must be one of {', '.join(QAT_WEIGHTS)}, got {self.weights!r}", e)
+        require(self.method == "qat" or self.weights == "none",
+                "--weights is for --method qat (TSM trains weights with --train all)", e)
+        at_least("--rank", self.rank, 1, e)
+        positive("--weight-lr", self.weight_lr, e)
+        at_least("--refresh-every", self.refresh_every, 0, e)
+        require(self.refresh_every == 0 or self.pool != "record",
+                "--refresh-every replaces fresh trajectories: it needs --pool trajectories or both", e)
         require(self.train in TRAINABLE, f"--train must be one of {', '.join(TRAINABLE)}, got {self.train!r}", e)
         require(self.pool in POOLS, f"--pool must be one of {', '.join(POOLS)}, got {self.pool!r}", e)
         at_least("--distill-weight", self.distill_weight, 0, e)

@@ -78,6 +78,16 @@ def _parameter_to_buffer(module: nn.Module, name: str) -> None:
         module.register_buffer(name, value.detach().clone())
 
 
+def make_parameters(snn: "SpikingUNet2DModel", shifts: bool) -> None:
+    """Every neuron's thresholds (and with `shifts` every bias-correction current) as parameters
+    under their buffer names, so state-dict keys stay the same (TSM and QAT training)."""
+    for site in _sites(snn).values():
+        for name in THRESHOLD_NAMES:
+            _buffer_to_parameter(site.neuron, name)
+        if shifts:
+            _buffer_to_parameter(site, "output_shift")
+
+
 def set_trainable(snn: "SpikingUNet2DModel", what: str) -> list[tuple[str, nn.Parameter]]:
     """Make exactly one nested set trainable and return it as (state-dict name, parameter) pairs.
 
@@ -91,11 +101,7 @@ def set_trainable(snn: "SpikingUNet2DModel", what: str) -> list[tuple[str, nn.Pa
     enable_tsm(snn)
     sites = _sites(snn)
     if what in ("thresholds", "all"):
-        for site in sites.values():
-            for name in THRESHOLD_NAMES:
-                _buffer_to_parameter(site.neuron, name)
-            if what == "all":
-                _buffer_to_parameter(site, "output_shift")
+        make_parameters(snn, shifts=what == "all")
     for parameter in snn.parameters():
         parameter.requires_grad_(what == "all")
     for site in sites.values():

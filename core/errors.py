@@ -59,8 +59,18 @@ def signals_as_exceptions() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def _close_progress_bars() -> None:
+    """Finish any tqdm bar on its own line first, so the command's last line is its own."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+
+
 def interruption_message(prog: str, signum: int, hint: str = "") -> int:
     """Print the one line an interrupted command ends with; return its exit code (128 + signal)."""
+    _close_progress_bars()
     print(f"{prog}: interrupted ({signal.Signals(signum).name})" + (f"; {hint}" if hint else ""), file=sys.stderr)
     return 128 + signum
 
@@ -72,6 +82,7 @@ def run_reporting_errors(prog: str, action: Callable[[], T], interrupted_hint: s
         with signals_as_exceptions():
             return action(), 0
     except SdmError as exc:
+        _close_progress_bars()
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return None, 2
     except KeyboardInterrupt:

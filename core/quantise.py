@@ -11,9 +11,10 @@ rounds to nearest for f = 0.5. The exact neuron (converter/neurons.py), the clos
 the calibration's threshold search (calibration/thresholds.py) all call `side_count`, with the
 same float operations in the same order, so what calibration optimises is what the neuron does.
 
-Under autograd the floor is a straight-through estimator (its gradient taken as 1) and the clip
-passes no gradient outside [0, T]: the value theta * count / T then has LSQ's step-size gradient
-(count - D / theta inside the range, T at the top), so thresholds can be learned.
+Under autograd the floor is a straight-through estimator (its gradient taken as 1) applied after
+clipping D / theta to [0, T], as LSQ does: the value theta * count / T then has LSQ's step-size
+gradient (count - D / theta inside the range, T at the top, in units of the step theta / T), so
+thresholds can be learned (converter/qat.py).
 """
 
 from __future__ import annotations
@@ -23,12 +24,18 @@ import torch
 
 def side_count(cumulative: torch.Tensor, theta: torch.Tensor, timesteps: int, membrane_init: float) -> torch.Tensor:
     """Spikes emitted (as float integers) by one side for a cumulative drive `cumulative` >= 0."""
-    u = cumulative / theta + membrane_init
-    if u.requires_grad:
-        # floor(u) - u is exact in float for u >= 0 (and the clip removes u < 0), so the
-        # forward value is floor(u) bit for bit.
-        return (u + (torch.floor(u) - u).detach()).clamp(0, timesteps)
-    return u.floor_().clamp_(0, timesteps)
+    ratio = cumulative / theta
+    if ratio.requires_grad:
+        # LSQ's order: clip D / theta to [0, T] first, then round (floor(. + f), f in [0, 1) by
+        # the policy) with a straight-through gradient, and no clip after it. Inside the clip u is
+        # the same float as below (floor(u) - u is exact for u >= 0); beyond it floor(T + f) = T:
+        # the forward value is the quantiser's bit for bit. The gradient is LSQ's: inside [0, T]
+        # d count / d D = 1 / theta and d (theta * count) / d theta = count - D / theta; beyond it
+        # 0 and T. (A clip after the floor, as before, passed no gradient where the count is 0 or
+        # T, since torch's clamp has none at its bounds: D / theta in [0, 1 - f) and [T - f, T].)
+        u = ratio.clamp(0, timesteps) + membrane_init
+        return u + (torch.floor(u) - u).detach()
+    return ratio.add_(membrane_init).floor_().clamp_(0, timesteps)
 
 
 def signed_counts(cumulative: torch.Tensor, theta_pos: torch.Tensor, theta_neg: torch.Tensor, timesteps: int,

@@ -7,6 +7,7 @@ writable (core.atomic.probe_writable). Every failure is one `SdmError` line.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,17 @@ def parse_list(text: str, flag: str, kind: type = int, error: type[SdmError] = S
     except ValueError:
         word = "integers" if kind is int else "numbers"
         raise error(f"{flag} must be comma-separated {word}, got {text!r}") from None
+
+
+def parse_json_object(text: str, flag: str) -> dict[str, Any]:
+    """A JSON object option (`--policy '{"negative_lobe": "relu"}'`), or a one-line error."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SdmError(f"{flag} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise SdmError(f"{flag} must be a JSON object, got {text!r}")
+    return value
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,7 @@ from pathlib import Path
 from sdm.cli.common import add_ann_argument, add_output_arguments, make_parser, run_command
 from sdm.converter.policy import ConversionPolicy
 from sdm.core.atomic import ensure_free_target
-from sdm.core.errors import SdmError
-from sdm.core.settings import at_least, parse_list
+from sdm.core.settings import at_least, parse_json_object, parse_list
 
 PROG = "neuron_table.py"
 COLUMNS = ("model", "pinned_count_differs_fraction", "both_signs_fraction", "site_mse_snn_over_twin",
@@ -56,10 +55,7 @@ class NeuronTableSettings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "NeuronTableSettings":
-        try:
-            extra = json.loads(args.policy)
-        except json.JSONDecodeError as exc:
-            raise SdmError(f"--policy is not JSON: {exc}") from None
+        extra = parse_json_object(args.policy, "--policy")
         variants = [{"neuron": n} for n in args.neurons.split(",")]
         variants += [{"neuron": "exact", "max_payload": b} for b in parse_list(args.payloads, "--payloads")]
         policies = {f"T{t}-{v['neuron']}" + (f"-B{v['max_payload']}" if "max_payload" in v else ""):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,9 +12,8 @@ from sdm.cli.common import (add_ann_argument, add_output_arguments, add_sampling
                             make_parser, run_command, sampling_settings)
 from sdm.converter.allocator import retain_freed_memory
 from sdm.converter.policy import THRESHOLD_METHODS
-from sdm.core.errors import SdmError
 from sdm.core.atomic import ensure_free_target
-from sdm.core.settings import SamplingSettings, parse_list
+from sdm.core.settings import SamplingSettings, parse_json_object, parse_list
 
 PROG = "sweep.py"
 
@@ -57,12 +55,7 @@ class SweepSettings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "SweepSettings":
-        try:
-            extra = json.loads(args.policy)
-        except json.JSONDecodeError as exc:
-            raise SdmError(f"--policy is not JSON: {exc}") from None
-        if not isinstance(extra, dict):
-            raise SdmError(f"--policy must be a JSON object, got {args.policy!r}")
+        extra = parse_json_object(args.policy, "--policy")
         return cls(ann=args.ann, record=args.record, methods=tuple(m for m in args.methods.split(",") if m.strip()),
                    percentiles=tuple(parse_list(args.percentiles, "--percentiles", float)),
                    timesteps=tuple(parse_list(args.timesteps, "--timesteps", int)),

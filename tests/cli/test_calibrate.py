@@ -8,7 +8,7 @@ from sdm.calibration.record import CalibrationRecord
 from sdm.cli.calibrate import main
 from sdm.cli.convert import main as convert_main
 from sdm.cli.sweep import main as sweep_main
-from tests.conftest import make_tiny_unet, refused_by
+from tests.conftest import make_tiny_unet
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +32,3 @@ def test_the_record_is_reused_by_convert_and_sweep_without_recalibrating(calibra
     assert summary["policy"]["timesteps"] == 2
     assert sweep_main(["--ann", str(calibrated / "ann"), "--record", str(calibrated / "record"), "--timesteps", "2",
                        "--num-samples", "1", "--steps", "1", "--out", str(tmp_path / "sweep")]) == 0
-
-
-def test_refusals_are_one_line(calibrated, tmp_path, capsys):
-    refused_by(main, "sdm-calibrate", capsys, ["--checkpoint", str(tmp_path / "nope")], tmp_path, "checkpoint not found")
-    refused_by(main, "sdm-calibrate", capsys, ["--checkpoint", str(calibrated / "ann"), "--calib-steps", "0"], tmp_path,
-               "--calib-steps must be >= 1")

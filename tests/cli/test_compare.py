@@ -59,29 +59,6 @@ def refused(capsys, argv, tmp_path, expected):
     refused_by(compare_main, "compare.py", capsys, argv, tmp_path, expected, out_name="never")
 
 
-def test_refuses_a_folder_that_is_not_a_converted_model(converted, tmp_path, capsys):
-    refused(capsys, ["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "ann")], tmp_path,
-            "not a converted model folder")
-
-
-def test_refuses_an_snn_from_another_source(converted, tmp_path, capsys):
-    make_tiny_unet(seed=1).save_pretrained(tmp_path / "other")
-    refused(capsys, ["ann-vs-snn", "--ann", str(tmp_path / "other"), "--snn", str(converted / "snn2")], tmp_path,
-            "converted from another model")
-
-
-def test_refuses_reference_stats_of_the_wrong_shape(converted, tmp_path, capsys):
-    bad = tmp_path / "bad.npz"
-    np.savez(bad, mu=np.zeros(5), sigma=np.eye(5))
-    refused(capsys, ["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "snn2"),
-                     "--fid-ref", str(bad)], tmp_path, "bad.npz")
-
-
-def test_refuses_zero_samples(converted, tmp_path, capsys):
-    refused(capsys, ["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "snn2"),
-                     "--num-samples", "0"], tmp_path, "--num-samples must be >= 1")
-
-
 @pytest.mark.parametrize("argv, expected", [
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--steps", "0"], "--steps must be >= 1"),
@@ -118,8 +95,3 @@ def test_ann_fid_reports_the_distance_of_its_saved_samples(converted, tmp_path):
     assert samples.shape == (4, 8, 8, 3) and (out / "grid.png").exists()
     recomputed = fid_from_stats(FeatureStats.from_features(extractor(samples)), reference)
     assert report["fid"] == pytest.approx(recomputed, rel=1e-6)
-
-
-def test_ann_fid_refuses_a_missing_reference(converted, tmp_path, capsys):
-    refused(capsys, ["ann-fid", "--ann", str(converted / "ann"), "--fid-ref", str(tmp_path / "none.npz")], tmp_path,
-            "none.npz")

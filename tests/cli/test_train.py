@@ -63,30 +63,6 @@ def test_resume_refuses_another_architecture(images, tmp_path, capsys):
     assert "another architecture (block_out_channels" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("setup, message", [
-    ("empty", "no images"),
-    ("mixed", "different sizes"),
-])
-def test_unusable_datasets_get_one_line_errors(tmp_path, capsys, setup, message):
-    data = tmp_path / "data"
-    data.mkdir()
-    if setup == "mixed":
-        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(data / "a.png")
-        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(data / "b.png")
-    args = ["--data", str(data), "--out", str(tmp_path / "out"), "--steps", "1", *TINY]
-    assert train_main(args + (["--resize", "none"] if setup == "mixed" else [])) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "out").exists()
-
-
-def test_attention_at_a_size_the_model_does_not_have_is_refused(images, tmp_path, capsys):
-    args = [*TINY]
-    args[args.index("--attention-resolutions") + 1] = "4"
-    assert train_main(["--data", str(images), "--out", str(tmp_path / "o"), "--steps", "1", *args]) == 2
-    assert "not feature-map sizes" in capsys.readouterr().err
-
-
 def test_prepare_swaps_the_activation_of_a_trained_model_and_keeps_its_weights(images, tmp_path):
     source = tmp_path / "source"
     assert train_main(["--data", str(images), "--out", str(source), "--steps", "2", *TINY]) == 0
