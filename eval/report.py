@@ -75,11 +75,11 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     for run in report["runs"]:
         fid = run["fid"]
         lines.append(
-            f"| {run['label']} | {run['policy'].get('spiking', 'hybrid')} | {run['timesteps']} | "
+            f"| {run['label']} | {run.get('policy', {}).get('spiking', 'hybrid')} | {run['timesteps']} | "
             f"{_fmt(run['paired']['psnr_db'], 2)} | "
             f"{_fmt(run['paired']['eps_rel_l2'], 4)} | {_fmt(run['paired']['eps_cosine'], 4)} | "
             f"{_fmt(run['spike_rate']['mean'])} | {_fmt(run['energy']['snn_over_ann'])} | "
-            f"{_fmt(run['energy']['snn_over_quantised_ann'])} | "
+            f"{_fmt(run['energy'].get('snn_over_quantised_ann'))} | "
             f"{_fmt(run['time']['snn_over_ann'], 2)} | {_fmt(fid['snn_vs_ann'], 2)} | {_fmt(fid['ann'], 2)} | "
             f"{_fmt(fid['snn'], 2)} |"
         )

@@ -5,14 +5,14 @@ import torch
 
 from sdm.calibration.collect import calibrate, calibrate_data_free, calibrate_from_data
 from sdm.calibration.settings import CalibrationError, CalibrationSettings
-from sdm.calibration.sites import activation_sites
+from sdm.calibration.sites import all_sites
 from sdm.core.diffusion import initial_noise, make_sampler, sample_shape
 from tests.conftest import TINY_CALIBRATION
 
 
 def test_data_free_record_covers_every_site_along_the_ddim_trajectory(tiny_source, tiny_record):
     settings = TINY_CALIBRATION
-    assert list(tiny_record.sites) == list(activation_sites(tiny_source.unet))
+    assert list(tiny_record.sites) == list(all_sites(tiny_source.unet))  # activation and stream sites
     ddim = [int(t) for t in make_sampler("ddim", tiny_source.scheduler_config, settings.steps).timesteps]
     assert tiny_record.meta["diffusion_timesteps"] == ddim
     assert tiny_record.inputs.shape == (settings.num_samples * settings.steps, *sample_shape(tiny_source.unet))

@@ -15,7 +15,7 @@ def test_markdown_has_one_row_per_model_and_says_when_fid_is_missing(tmp_path):
               "seed": 0, "device": "cpu", "runs": runs, "fid": runs[0]["fid"], "energy": runs[0]["energy"]}
     write_markdown(report, tmp_path / "report.md")
     text = (tmp_path / "report.md").read_text()
-    assert "| a | 4 | 15.79 |" in text and "| b | 4 | 16.90 |" in text
+    assert "| a | hybrid | 4 | 15.79 |" in text and "| b | hybrid | 4 | 16.90 |" in text  # spiking level column
     assert "FID reference: none given" in text and "45 nm" in text
     assert text.count("| — |") >= 2  # FID columns left empty, not invented
 
