@@ -69,14 +69,7 @@ def _near_step(site: SpikingActivation, mean_current: torch.Tensor) -> torch.Ten
     """Neurons whose quantiser argument u = D / theta + f is within TIE_TOLERANCE of an integer
     k in [1, T] (where the count steps), on either side."""
     cumulative = site.drive(mean_current) * float(site.timesteps)
-    theta_pos, theta_neg = site.neuron.thresholds(cumulative)
-    sides = [(cumulative.clamp_min(0), theta_pos)] + ([((-cumulative).clamp_min(0), theta_neg)] if site.neuron.signed else [])
-    near = torch.zeros_like(cumulative, dtype=torch.bool)
-    for drive, theta in sides:
-        u = drive / theta + site.neuron.membrane_init
-        k = u.round()
-        near |= (k >= 1) & (k <= site.timesteps) & ((u - k).abs() < TIE_TOLERANCE)
-    return near
+    return site.neuron.step_distance(cumulative, site.timesteps) < TIE_TOLERANCE
 
 
 @contextmanager

@@ -173,14 +173,7 @@ class SpikingActivation(TimeFolded):
         """Exact neurons: per step [T, B, ...], how far (in thresholds) each side's count argument
         D_t / theta + f lies from the integer where its count changes: ties are the small ones."""
         cumulative = self.cumulative_drive(current)
-        theta_pos, theta_neg = self.neuron.thresholds(cumulative[0])
-        f = self.neuron.membrane_init
-        u = cumulative.clamp_min(0) / theta_pos + f
-        distance = (u - u.round()).abs()
-        if self.neuron.signed:
-            u = (-cumulative).clamp_min(0) / theta_neg + f
-            distance = torch.minimum(distance, (u - u.round()).abs())
-        return distance
+        return self.neuron.step_distance(cumulative.flatten(0, 1)).unflatten(0, cumulative.shape[:2])
 
     def mean_input(self, current: torch.Tensor) -> torch.Tensor:
         """The time average of a [T*B, ...] input current as the neurons see it (the running mean

@@ -50,6 +50,24 @@ class SiteNeuron(nn.Module):
         scale = self.threshold_scale
         return self.threshold_pos.view(shape) * scale, self.threshold_neg.view(shape) * scale
 
+    def step_distance(self, cumulative: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
+        """How far each side's count argument D / theta + f lies from the nearest integer (where a
+        count steps), the smaller over the sides, for a cumulative drive [N, C, ...]: ties are the
+        small ones. With `timesteps`, only integers 1..T count (the clipped count steps nowhere else)."""
+        theta_pos, theta_neg = self.thresholds(cumulative)
+        sides = [(cumulative.clamp_min(0), theta_pos)]
+        if self.signed:
+            sides.append(((-cumulative).clamp_min(0), theta_neg))
+        distance = None
+        for drive, theta in sides:
+            u = drive / theta + self.membrane_init
+            nearest = u.round()
+            side = (u - nearest).abs()
+            if timesteps is not None:
+                side = side.masked_fill((nearest < 1) | (nearest > timesteps), float("inf"))
+            distance = side if distance is None else torch.minimum(distance, side)
+        return distance
+
     def counts(self, cumulative: torch.Tensor, timesteps: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Ideal (ON, OFF) counts for a cumulative drive [N, C, ...]: the quantised twin's neuron."""
         theta_pos, theta_neg = self.thresholds(cumulative)
