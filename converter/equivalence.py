@@ -194,6 +194,7 @@ def neuron_table(models: dict[str, SpikingUNet2DModel], probes: list[tuple[torch
         finally:
             snn.set_monitor(False)
         rows.append({"model": label, "timesteps": snn.timesteps, "neuron": snn.policy.neuron,
-                     "max_payload": snn.policy.max_payload, "spikes_per_neuron": spikes / max(total.neurons, 1),
+                     "max_payload": snn.policy.max_payload,
+                     "emission": snn.policy.emission, "spikes_per_neuron": spikes / max(total.neurons, 1),
                      **total.summary()})
     return rows

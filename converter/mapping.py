@@ -82,6 +82,7 @@ def _site(path: str, norm: nn.Module, activation: nn.Module, policy: ConversionP
         membrane_init=policy.membrane_init,
         neuron=policy.neuron,
         max_payload=policy.max_payload,
+        emission=policy.emission_schedule,
     )
 
 
@@ -92,7 +93,8 @@ def _stream_site(name: str, channels: int, policy: ConversionPolicy) -> SpikingA
     """An identity site: signed spikes encoding an analog value (the image, the residual stream)."""
     return SpikingActivation(site=name, norm=nn.Identity(), activation=nn.Identity(), channels=channels,
                              timesteps=policy.timesteps, signed=True, membrane_init=policy.membrane_init,
-                             neuron=policy.neuron, max_payload=policy.max_payload)
+                             neuron=policy.neuron, max_payload=policy.max_payload,
+                             emission=policy.emission_schedule)
 
 
 def _encode_input(conv_in: nn.Conv2d, policy: ConversionPolicy) -> nn.Sequential:

@@ -10,14 +10,14 @@ not by summing float increments, so after T steps they equal the quantised twin'
 whatever the drive did on the way. With `max_payload` B < T a side emits at most B spikes per step
 and carries the rest (B = T, the default, is exact).
 
-`SignedIFNode` ("single-spike", the neuron of earlier versions, kept for comparison): one spike
-of +theta_pos or -theta_neg per step at most; it lags behind late or sign-swinging drive and mixes
-+theta_pos and -theta_neg spikes into levels no quantiser models.
-
-Both kinds: per-channel thresholds as buffers in the state dict (same names), threshold guidance
-(`threshold_scale`), spikes leave the neuron weighted by their threshold (foldable into the next
-layer's weights, so it stays an accumulate), and a monitor counting spikes: every unit of a graded
-spike counts as one spike.
+When a side emits its count is free: downstream sites see only running means, so the network's
+time-averaged output depends on each site's count at step T alone (the twin's). The emission
+schedule (`onset`, `margin`; sdm.converter.policy) spends that freedom on fewer spike units: a side
+emits nothing in its first `onset` steps, then follows increases of its target count at once and
+takes back spikes only once the target has fallen more than `margin` units below what it has
+emitted; at the last step it emits exactly the target. (0, 0) tracks the target every step
+("eager"); onset T - 1 emits only at the last step ("deferred": |count| units, but a one-step
+graded network).
 """
 
 from __future__ import annotations
@@ -99,11 +99,12 @@ class GradedIFNode(SiteNeuron):
     """
 
     def __init__(self, channels: int, signed: bool, membrane_init: float, timesteps: int,
-                 max_payload: int | None = None) -> None:
+                 max_payload: int | None = None, onset: int = 0, margin: int = 0) -> None:
         super().__init__()
         self._setup(channels, signed, membrane_init)
         self.timesteps = timesteps
         self.max_payload = max_payload
+        self.onset, self.margin = onset, margin
 
     def reset(self) -> None:
         """Nothing to clear: no state outlives a call (same interface as the single-spike neuron)."""
@@ -127,14 +128,22 @@ class GradedIFNode(SiteNeuron):
         return spikes
 
     def _emitted(self, counts: torch.Tensor) -> torch.Tensor:
-        """Counts actually emitted by each step: the ideal ones, or with at most B spikes per step
-        chasing them (the remainder carried to later steps)."""
-        if not self.bounded:
+        """Counts actually emitted by each step: the ideal ones, or as the emission schedule holds
+        them back before the last step, or with at most B spikes per step chasing them (the
+        remainder carried to later steps)."""
+        if not self.bounded and self.onset <= 0 and self.margin <= 0:
             return counts
-        bound = float(self.max_payload)
+        last = counts.shape[0] - 1
         emitted, total = [], torch.zeros_like(counts[0])
-        for target in counts:
-            total = total + (target - total).clamp(-bound, bound)
+        for step, target in enumerate(counts):
+            if step < last and step < self.onset:
+                target = total
+            elif step < last and self.margin > 0:
+                fall = total - target
+                target = torch.where((fall > 0) & (fall <= self.margin), total, target)
+            if self.bounded:
+                target = total + (target - total).clamp(-float(self.max_payload), float(self.max_payload))
+            total = target
             emitted.append(total)
         return torch.stack(emitted)
 

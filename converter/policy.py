@@ -15,6 +15,7 @@ THRESHOLD_METHODS = ("max", "percentile", "mse")
 GRANULARITIES = ("channel", "layer", "auto")
 NEURONS = ("exact", "single-spike")
 SPIKING_LEVELS = ("hybrid", "residual", "full")
+EMISSIONS = ("eager", "hysteresis", "deferred")
 LEGACY_SPIKING = "hybrid"  # what a saved policy without the field meant: it predates the other levels
 
 
@@ -30,6 +31,11 @@ class ConversionPolicy:
     neuron: "exact" graded-spike ON/OFF neurons whose count after T steps is the quantised twin's
         (converter/neurons.py); "single-spike" the one-spike-per-step IF neuron of earlier versions.
     max_payload: spikes a side of an exact neuron may emit per step (None: T, which is exact).
+    emission: when an exact neuron emits its count (the count at step T, all that the network's
+        output depends on, is the twin's under every schedule): "eager" follows the target count
+        every step; "hysteresis" is silent for `emission_onset` steps, then follows increases at once
+        and takes back only when the target has fallen more than `emission_margin` units below what
+        was emitted, exact at the last step; "deferred" emits only at the last step.
     negative_lobe: "signed" neurons emit -1/+1 spikes and follow SiLU exactly (its negative lobe
         included); "relu" uses plain IF neurons, i.e. a ReLU proxy for SiLU.
     norm: "running" evaluates GroupNorm on the running mean of the neuron's input current;
@@ -55,6 +61,9 @@ class ConversionPolicy:
     timesteps: int = 4
     neuron: str = "exact"
     max_payload: int | None = None
+    emission: str = "eager"
+    emission_margin: int = 1
+    emission_onset: int = 0
     negative_lobe: str = "signed"
     norm: str = "running"
     attention: str = "running"
@@ -75,6 +84,13 @@ class ConversionPolicy:
         _check_choice("neuron", self.neuron, NEURONS)
         if self.max_payload is not None and (not isinstance(self.max_payload, int) or self.max_payload < 1):
             raise PolicyError(f"max_payload must be an integer >= 1 or None (T), got {self.max_payload!r}")
+        _check_choice("emission", self.emission, EMISSIONS)
+        for name in ("emission_margin", "emission_onset"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise PolicyError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.emission != "eager" and self.neuron != "exact":
+            raise PolicyError(f"emission {self.emission!r} schedules exact neurons only (neuron is {self.neuron!r})")
         _check_choice("negative_lobe", self.negative_lobe, NEGATIVE_LOBES)
         _check_choice("norm", self.norm, NORM_MODES)
         _check_choice("attention", self.attention, ATTENTION_MODES)
@@ -90,6 +106,15 @@ class ConversionPolicy:
             raise PolicyError(f"matching inputs must be >= 1, got {self.matching_inputs}")
         if not self.threshold_scale > 0.0:
             raise PolicyError(f"threshold scale must be > 0, got {self.threshold_scale}")
+
+    @property
+    def emission_schedule(self) -> tuple[int, int]:
+        """(onset, margin) of the exact neurons (converter/neurons.GradedIFNode)."""
+        if self.emission == "hysteresis":
+            return self.emission_onset, self.emission_margin
+        if self.emission == "deferred":
+            return self.timesteps - 1, 0
+        return 0, 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

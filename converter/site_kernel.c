@@ -93,12 +93,17 @@ int64_t fire_sites(float *restrict values, int64_t steps, int64_t rows, int64_t 
 }
 
 /* One side of an exact neuron at one step: its count for the (non-negative) cumulative drive,
-   clip(floor(drive / theta + init), 0, top), at most `bound` spikes from what it has emitted
-   (bound <= 0: no limit). Updates *emitted and returns the change (the spikes of this step). */
-static inline float side_step(float drive, float theta, float init, float top, float bound, float *emitted) {
+   clip(floor(drive / theta + init), 0, top); before the last step held at what it has emitted while
+   `silent` (the schedule's onset) or while it lies at most `margin` units below it (a take-back
+   deferred); at most `bound` spikes from what it has emitted (bound <= 0: no limit). Updates
+   *emitted and returns the change (this step's spikes). */
+static inline float side_step(float drive, float theta, float init, float top, int silent, float margin, float bound,
+                              float *emitted) {
     float count = floorf(drive / theta + init);
     count = count < 0.0f ? 0.0f : count;
     count = count > top ? top : count;
+    const float fall = *emitted - count;
+    if (silent || (fall > 0.0f && fall <= margin)) count = *emitted;
     if (bound > 0.0f) {
         float change = count - *emitted;
         change = change < -bound ? -bound : change;
@@ -116,19 +121,21 @@ static inline float side_step(float drive, float theta, float init, float top, f
    values as for fire_sites. The cumulative drive at step t (1-based) is D = t * clamp(value) or,
    with TSM, the running sum (in double, as torch.cumsum on CPU) of p[t] times the increments.
    ON count = clip(floor(max(D, 0) / theta_pos + init), 0, T), OFF the same for -D with theta_neg
-   (signed sites only): sdm.core.quantise.side_count. With max_payload > 0 each side emits at most
-   that many spikes per step and carries the rest. Written: theta_pos * dON - theta_neg * dOFF +
+   (signed sites only): sdm.core.quantise.side_count. Before the last step the emission schedule
+   (GradedIFNode.onset, .margin) holds a side back: silent in its first `onset` steps, take-backs of
+   at most `margin` units deferred. With
+   max_payload > 0 each side emits at most that many spikes per step and carries the rest. Written: theta_pos * dON - theta_neg * dOFF +
    shift. Returns the number of spike units (|dON| + |dOFF| summed), -1 if out of memory. */
 SDM_CLONES
 int64_t fire_exact(float *restrict values, int64_t steps, int64_t rows, int64_t hw, int64_t channels,
                    const float *threshold_pos, const float *threshold_neg, float scale, float init,
                    int64_t is_signed, const float *tsm, const float *shift, int64_t max_payload,
-                   int64_t begin, int64_t end) {
+                   int64_t onset, int64_t margin_units, int64_t begin, int64_t end) {
     float *restrict scratch = (float *)malloc(sizeof(float) * 3 * (size_t)hw);
     double *restrict sum = (double *)malloc(sizeof(double) * (size_t)hw);
     if (scratch == NULL || sum == NULL) { free(scratch); free(sum); return -1; }
     float *restrict previous = scratch, *restrict on_emitted = scratch + hw, *restrict off_emitted = scratch + 2 * hw;
-    const float top = (float)steps, bound = (float)max_payload;
+    const float top = (float)steps, bound = (float)max_payload, margin = (float)margin_units;
     int64_t units = 0;
     const int64_t step_stride = rows * hw;
     for (int64_t r = begin; r < end; ++r) {
@@ -140,6 +147,8 @@ int64_t fire_exact(float *restrict values, int64_t steps, int64_t rows, int64_t 
         for (int64_t t = 0; t < steps; ++t) {
             float *restrict x = values + t * step_stride + r * hw;
             const float count = (float)(t + 1);
+            const int last = t == steps - 1, silent = !last && t < onset;
+            const float step_margin = last ? 0.0f : margin;
             for (int64_t i = 0; i < hw; ++i) {
                 float value = x[i];
                 value = value < lo ? lo : value;
@@ -153,12 +162,12 @@ int64_t fire_exact(float *restrict values, int64_t steps, int64_t rows, int64_t 
                     cumulative = (float)sum[i];
                 }
                 const float positive = cumulative < 0.0f ? 0.0f : cumulative;
-                const float d_on = side_step(positive, tp, init, top, bound, &on_emitted[i]);
+                const float d_on = side_step(positive, tp, init, top, silent, step_margin, bound, &on_emitted[i]);
                 float w = tp * d_on;
                 fired += (int64_t)fabsf(d_on);
                 if (is_signed) {
                     const float negative = -cumulative < 0.0f ? 0.0f : -cumulative;
-                    const float d_off = side_step(negative, tn, init, top, bound, &off_emitted[i]);
+                    const float d_off = side_step(negative, tn, init, top, silent, step_margin, bound, &off_emitted[i]);
                     w = w - tn * d_off;
                     fired += (int64_t)fabsf(d_off);
                 }

@@ -89,7 +89,7 @@ def _library() -> ctypes.CDLL | None:
                                    _int, _pointer, _pointer, _int, _int]
     library.fire_sites.restype = _int
     library.fire_exact.argtypes = [_pointer, _int, _int, _int, _int, _pointer, _pointer, ctypes.c_float, ctypes.c_float,
-                                   _int, _pointer, _pointer, _int, _int, _int]
+                                   _int, _pointer, _pointer, _int, _int, _int, _int, _int]
     library.fire_exact.restype = _int
     return library
 
@@ -160,7 +160,8 @@ def fire(values: torch.Tensor, neuron: SiteNeuron, shift: torch.Tensor, tsm: tor
     pointers = (neuron.threshold_pos.data_ptr(), neuron.threshold_neg.data_ptr())
     if isinstance(neuron, GradedIFNode):
         payload = neuron.max_payload if neuron.bounded else 0
-        constants = (*pointers, scale, neuron.membrane_init, int(neuron.signed), _address(tsm), shift.data_ptr(), payload)
+        constants = (*pointers, scale, neuron.membrane_init, int(neuron.signed), _address(tsm), shift.data_ptr(), payload,
+                     neuron.onset, neuron.margin)
         kernel = library.fire_exact
     else:
         constants = (*pointers, scale, 1.0 - neuron.membrane_init, int(neuron.signed), _address(tsm), shift.data_ptr())

@@ -13,6 +13,7 @@ from sdm.cli.common import add_output_arguments, add_simulation_argument, make_p
 from sdm.converter.allocator import retain_freed_memory
 from sdm.converter.policy import (
     ATTENTION_MODES,
+    EMISSIONS,
     GRANULARITIES,
     INPUT_ENCODINGS,
     NEGATIVE_LOBES,
@@ -59,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
                               "single-spike: at most one spike per step (earlier versions)")
     neurons.add_argument("--max-payload", type=int, default=None,
                          help="exact neurons: at most this many spikes per step and side (default T: exact)")
+    neurons.add_argument("--emission", default=ConversionPolicy.emission,  # checked by the policy: a one-line error
+                         help=f"{' | '.join(EMISSIONS)}: when exact neurons emit their count (the final count, "
+                              "and so the output, is the same): eager every step, hysteresis (silent for "
+                              "--emission-onset steps, take-backs only beyond --emission-margin units), deferred "
+                              "(only at the last step); see README")
+    neurons.add_argument("--emission-margin", type=int, default=ConversionPolicy.emission_margin,
+                         help="hysteresis: take back spikes only once the target has fallen more than this many units")
+    neurons.add_argument("--emission-onset", type=int, default=ConversionPolicy.emission_onset,
+                         help="hysteresis: silent steps before a neuron starts emitting")
     neurons.add_argument("--negative-lobe", choices=NEGATIVE_LOBES, default="signed",
                          help="signed: +1/-1 spikes follow SiLU exactly; relu: plain IF, ReLU proxy")
     neurons.add_argument("--norm", choices=NORM_MODES, default="running",
@@ -89,6 +99,9 @@ def policy_from_args(args: argparse.Namespace) -> ConversionPolicy:
         timesteps=args.timesteps,
         neuron=args.neuron,
         max_payload=args.max_payload,
+        emission=args.emission,
+        emission_margin=args.emission_margin,
+        emission_onset=args.emission_onset,
         negative_lobe=args.negative_lobe,
         norm=args.norm,
         attention=args.attention,
