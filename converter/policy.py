@@ -17,6 +17,7 @@ NEURONS = ("exact", "single-spike")
 SPIKING_LEVELS = ("hybrid", "residual", "full")
 EMISSIONS = ("eager", "hysteresis", "deferred")
 LEGACY_SPIKING = "hybrid"  # what a saved policy without the field meant: it predates the other levels
+LEGACY_EMISSION = "eager"  # likewise: neurons emitted every step before schedules existed
 
 
 class PolicyError(SdmError):
@@ -35,7 +36,8 @@ class ConversionPolicy:
         output depends on, is the twin's under every schedule): "eager" follows the target count
         every step; "hysteresis" is silent for `emission_onset` steps, then follows increases at once
         and takes back only when the target has fallen more than `emission_margin` units below what
-        was emitted, exact at the last step; "deferred" emits only at the last step.
+        was emitted, exact at the last step; "deferred" emits only at the last step. Single-spike
+        neurons have no count to schedule and ignore it.
     negative_lobe: "signed" neurons emit -1/+1 spikes and follow SiLU exactly (its negative lobe
         included); "relu" uses plain IF neurons, i.e. a ReLU proxy for SiLU.
     norm: "running" evaluates GroupNorm on the running mean of the neuron's input current;
@@ -61,9 +63,9 @@ class ConversionPolicy:
     timesteps: int = 4
     neuron: str = "exact"
     max_payload: int | None = None
-    emission: str = "eager"
+    emission: str = "deferred"
     emission_margin: int = 1
-    emission_onset: int = 0
+    emission_onset: int = 1
     negative_lobe: str = "signed"
     norm: str = "running"
     attention: str = "running"
@@ -89,8 +91,6 @@ class ConversionPolicy:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise PolicyError(f"{name} must be an integer >= 0, got {value!r}")
-        if self.emission != "eager" and self.neuron != "exact":
-            raise PolicyError(f"emission {self.emission!r} schedules exact neurons only (neuron is {self.neuron!r})")
         _check_choice("negative_lobe", self.negative_lobe, NEGATIVE_LOBES)
         _check_choice("norm", self.norm, NORM_MODES)
         _check_choice("attention", self.attention, ATTENTION_MODES)
@@ -129,8 +129,9 @@ class ConversionPolicy:
 
     @classmethod
     def from_saved(cls, data: dict[str, Any]) -> "ConversionPolicy":
-        """A policy read back from a saved model: one saved before `spiking` existed was hybrid."""
-        return cls.from_dict({"spiking": LEGACY_SPIKING, **data})
+        """A policy read back from a saved model: one saved before `spiking` existed was hybrid, one
+        saved before `emission` existed emitted eagerly."""
+        return cls.from_dict({"spiking": LEGACY_SPIKING, "emission": LEGACY_EMISSION, **data})
 
     def replace(self, **changes: Any) -> "ConversionPolicy":
         return ConversionPolicy.from_dict({**self.to_dict(), **changes})

@@ -205,6 +205,8 @@ ROWS: list[tuple[str, str, list[str], str, str | None]] = [
     ("convert-calib-batch-size-0", CONVERT, [*CONVERT_FAST, "--calib-batch-size", "0"], r"calib(ration)?.batch.size must be >= 1", None),
     ("convert-matching-inputs-0", CONVERT, [*CONVERT_FAST, "--layerwise", "--matching-inputs", "0"], r"matching.inputs must be >= 1", None),
     ("convert-threshold-scale-0", CONVERT, [*CONVERT_FAST, "--threshold-scale", "0"], r"threshold.scale must be > 0", None),
+    ("convert-unknown-emission", CONVERT, [*CONVERT_FAST, "--emission", "lazy"], "emission must be one of eager, hysteresis, deferred", None),
+    ("convert-emission-margin-negative", CONVERT, [*CONVERT_FAST, "--emission-margin", "-1"], "emission_margin must be an integer >= 0", None),
     ("convert-unknown-spiking-level", CONVERT, [*CONVERT_FAST, "--spiking", "everything"], "spiking must be one of hybrid, residual, full", None),
     ("convert-percentile-120", CONVERT, [*CONVERT_FAST, "--threshold-method", "percentile", "--percentile", "120"],
      re.escape("percentile must be in (0, 100]"), None),

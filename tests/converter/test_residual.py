@@ -164,6 +164,8 @@ def test_a_policy_saved_before_levels_existed_is_hybrid():
     saved = ConversionPolicy().to_dict()
     del saved["spiking"]
     assert ConversionPolicy.from_saved(saved).spiking == "hybrid"
+    del saved["emission"]  # before emission schedules, neurons emitted every step
+    assert ConversionPolicy.from_saved(saved).emission == "eager"
     with pytest.raises(PolicyError, match="spiking must be one of"):
         ConversionPolicy(spiking="everything")
 

@@ -23,10 +23,10 @@ def test_running_mean_equals_cumsum_over_t():
 
 
 def _site(signed: bool, tsm: bool, generator: torch.Generator, neuron: str = "exact",
-          max_payload: int | None = None) -> SpikingActivation:
+          max_payload: int | None = None, emission: tuple[int, int] = (0, 0)) -> SpikingActivation:
     norm = torch.nn.GroupNorm(2, 6)
     site = SpikingActivation("s", norm, torch.nn.SiLU(), 6, timesteps=5, signed=signed, membrane_init=0.3,
-                             neuron=neuron, max_payload=max_payload)
+                             neuron=neuron, max_payload=max_payload, emission=emission)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 2.0, generator=generator)
         site.neuron.threshold_pos.uniform_(0.05, 0.6, generator=generator)
@@ -40,10 +40,12 @@ def _site(signed: bool, tsm: bool, generator: torch.Generator, neuron: str = "ex
 
 @pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize("tsm", [False, True])
-@pytest.mark.parametrize("neuron, max_payload", [("exact", None), ("exact", 2), ("single-spike", None)])
-def test_fused_site_equals_the_tensor_op_paths(signed, tsm, neuron, max_payload):
+@pytest.mark.parametrize("neuron, max_payload, emission", [("exact", None, (0, 0)), ("exact", 2, (0, 0)),
+                                                            ("exact", None, (1, 1)), ("exact", 2, (0, 2)),
+                                                            ("exact", None, (4, 0)), ("single-spike", None, (0, 0))])
+def test_fused_site_equals_the_tensor_op_paths(signed, tsm, neuron, max_payload, emission):
     generator = torch.Generator().manual_seed(3)
-    site = _site(signed, tsm, generator, neuron, max_payload)
+    site = _site(signed, tsm, generator, neuron, max_payload, emission)
     current = torch.randn(5 * 3, 6, 4, 4, generator=generator) * 2
     site.neuron.monitor = True
     outputs, counts = [], []
@@ -90,6 +92,8 @@ def test_without_a_compiler_the_tensor_path_is_used(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("policy", [ConversionPolicy(timesteps=5, threshold_scale=1.05),
+                                    ConversionPolicy(timesteps=4, emission="hysteresis", spiking="full"),
+                                    ConversionPolicy(timesteps=4, emission="eager"),
                                     ConversionPolicy(timesteps=3, negative_lobe="relu", norm="frozen"),
                                     ConversionPolicy(timesteps=2, input_encoding="spikes", attention="instant")])
 def test_fused_sites_equal_the_tensor_op_path(tiny_source, tiny_record, policy):
