@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from sdm.calibration.record import CalibrationRecord, SiteStats
 from sdm.calibration.settings import CalibrationSettings
-from sdm.calibration.sites import IDENTITY, Site, all_sites
+from sdm.calibration.sites import IDENTITY, PROBABILITIES, Site, all_sites, attention_probabilities
 from sdm.core.diffusion import (as_eps_function, forward_noising, initial_noise, run_trajectory, sample_shape,
                                 to_model_range, trajectory_length)
 from sdm.core.image_data import ImageSource
@@ -45,6 +45,9 @@ class _SiteCollector:
 
     def attach(self) -> torch.utils.hooks.RemovableHandle:
         module = self.site.module
+        if self.site.observes == PROBABILITIES:
+            return module.register_forward_pre_hook(
+                lambda m, inputs: self.observe(inputs[0], attention_probabilities(m, inputs[0])))
         if self.site.observes == "input":
             return module.register_forward_pre_hook(lambda m, inputs: self.observe(inputs[0], inputs[0]))
         return module.register_forward_hook(lambda m, inputs, z: self.observe(inputs[0], z))
@@ -84,11 +87,18 @@ def _run_with_collectors(unet: UNet2DModel, settings: CalibrationSettings, feed)
 
     `feed` returns the diffusion timesteps it visited.
     """
-    # Stream sites draw from their own generator, so activation sites sample what they always did.
+    # Stream sites draw from their own generator, so activation sites sample what they always did,
+    # and probability sites from theirs, so the other stream sites do too.
     generators = {"activation": torch.Generator().manual_seed(settings.seed + 1),
-                  "stream": torch.Generator().manual_seed(settings.seed + 2)}
-    collectors = {name: _SiteCollector(site, settings.values_per_channel,
-                                       generators["stream" if site.activation == IDENTITY else "activation"])
+                  "stream": torch.Generator().manual_seed(settings.seed + 2),
+                  PROBABILITIES: torch.Generator().manual_seed(settings.seed + 3)}
+
+    def generator(site: Site) -> torch.Generator:
+        if site.observes == PROBABILITIES:
+            return generators[PROBABILITIES]
+        return generators["stream" if site.activation == IDENTITY else "activation"]
+
+    collectors = {name: _SiteCollector(site, settings.values_per_channel, generator(site))
                   for name, site in all_sites(unet).items()}
     handles = [c.attach() for c in collectors.values()]
     try:

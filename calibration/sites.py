@@ -21,11 +21,14 @@ from diffusers import UNet2DModel
 from diffusers.models.activations import ACT2CLS, get_activation
 from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sdm.core.errors import SdmError
 
 IDENTITY = "identity"
+PROBABILITIES = "probabilities"  # what an attention-probability site observes: attention_probabilities()
 
 
 OUTPUT_SITE = "conv_norm_out"  # the UNet's last GroupNorm, before conv_act and conv_out
@@ -96,9 +99,25 @@ def attention_input_site_name(path: str) -> str:
 
 
 def attention_product_site_names(path: str) -> dict[str, str]:
-    """Sites of the 'full' level inside attention: q, k, v after their projections, and to_out's input."""
+    """Sites of the 'full' level inside attention: q, k, v after their projections, the softmax
+    probabilities P, and to_out's input."""
     return {"q": f"{path}.to_q.output", "k": f"{path}.to_k.output", "v": f"{path}.to_v.output",
-            "out": f"{path}.to_out.0.input"}
+            "p": f"{path}.attention_probs", "out": f"{path}.to_out.0.input"}
+
+
+def attention_probabilities(attention: Attention, hidden_states: torch.Tensor) -> torch.Tensor:
+    """softmax(scale q k^T) [B, heads, N, N] of a spatial self-attention block for its input
+    [B, C, H, W], as diffusers' AttnProcessor2_0 computes it inside scaled_dot_product_attention
+    (where no module exposes it). Functional calls with the block's parameters, so the hooks
+    observing its GroupNorm and projections do not see these extra evaluations."""
+    tokens = hidden_states.flatten(2)
+    norm = attention.group_norm
+    if norm is not None:
+        tokens = F.group_norm(tokens, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    tokens = tokens.transpose(1, 2)
+    q, k = (F.linear(tokens, layer.weight, layer.bias).unflatten(2, (attention.heads, -1)).transpose(1, 2)
+            for layer in (attention.to_q, attention.to_k))
+    return torch.softmax(q @ k.transpose(-1, -2) * attention.scale, dim=-1)
 
 
 def stream_sites(unet: UNet2DModel) -> dict[str, Site]:
@@ -118,6 +137,7 @@ def stream_sites(unet: UNet2DModel) -> dict[str, Site]:
             names = attention_product_site_names(path)
             for key, projection in (("q", module.to_q), ("k", module.to_k), ("v", module.to_v)):
                 sites[names[key]] = Site(projection, IDENTITY, "output", channel_dim=-1)
+            sites[names["p"]] = Site(module, IDENTITY, PROBABILITIES)
             sites[names["out"]] = Site(module.to_out[0], IDENTITY, "input", channel_dim=-1)
     return sites
 

@@ -89,10 +89,11 @@ def _site(path: str, norm: nn.Module, activation: nn.Module, policy: ConversionP
 INPUT_SITE = "conv_in.input"
 
 
-def _stream_site(name: str, channels: int, policy: ConversionPolicy) -> SpikingActivation:
-    """An identity site: signed spikes encoding an analog value (the image, the residual stream)."""
+def _stream_site(name: str, channels: int, policy: ConversionPolicy, signed: bool = True) -> SpikingActivation:
+    """An identity site: spikes encoding an analog value (the image, the residual stream; signed, or
+    unsigned for attention probabilities, which are never negative)."""
     return SpikingActivation(site=name, norm=nn.Identity(), activation=nn.Identity(), channels=channels,
-                             timesteps=policy.timesteps, signed=True, membrane_init=policy.membrane_init,
+                             timesteps=policy.timesteps, signed=signed, membrane_init=policy.membrane_init,
                              neuron=policy.neuron, max_payload=policy.max_payload,
                              emission=policy.emission_schedule)
 
@@ -169,8 +170,9 @@ def _convert_attention(attention: Attention, path: str, policy: ConversionPolicy
     if policy.spiking == "full":
         names = attention_product_site_names(path)
         channels = {"q": attention.to_q.out_features, "k": attention.to_k.out_features,
-                    "v": attention.to_v.out_features, "out": attention.to_out[0].in_features}
-        product_sites = {key: _stream_site(names[key], channels[key], policy) for key in ("q", "k", "v", "out")}
+                    "v": attention.to_v.out_features, "p": attention.heads, "out": attention.to_out[0].in_features}
+        product_sites = {key: _stream_site(names[key], channels[key], policy, signed=key != "p")
+                         for key in ("q", "k", "v", "p", "out")}
     return SpikeDrivenAttention(attention, policy.timesteps, input_site, product_sites)
 
 

@@ -87,7 +87,8 @@ def test_folded_bias_correction_leaves_outputs_unchanged(tiny_source, tiny_recor
         folded = snn(X, TIMESTEPS).sample
         # unfolded, the products see (spikes + shift) themselves: no shifts to fold
         monkeypatch.setattr(residual, "spiking_attention",
-                            lambda q, k, v, heads, steps, scale, shifts: spiking_attention(q, k, v, heads, steps, scale))
+                            lambda q, k, v, heads, steps, scale, site, shifts: spiking_attention(q, k, v, heads, steps,
+                                                                                                 scale, site))
         unfolded = reference(X, TIMESTEPS).sample
     assert torch.allclose(folded, unfolded, rtol=1e-4, atol=1e-4), float((folded - unfolded).abs().max())
 
@@ -116,7 +117,8 @@ def test_downsample_fold_leaves_its_asymmetric_zero_pad_without_bias_correction(
     assert torch.allclose(got, expected, atol=1e-5)
 
 
-def test_spiking_attention_accumulates_to_attention_on_time_averaged_spikes():
+@pytest.mark.parametrize("emission", [(0, 0), (1, 1), (4, 0)])
+def test_spiking_attention_accumulates_to_attention_on_time_averaged_spikes(emission):
     generator = torch.Generator().manual_seed(0)
     steps, batch, tokens, channels, heads = 5, 2, 6, 8, 2
     theta = torch.rand(channels, generator=generator) + 0.5
@@ -126,27 +128,31 @@ def test_spiking_attention_accumulates_to_attention_on_time_averaged_spikes():
         return signs * theta
 
     q, k, v = spike_train(), spike_train(), spike_train()
+    site = SpikingActivation("p", nn.Identity(), nn.Identity(), heads, timesteps=steps, signed=False,
+                             membrane_init=0.5, emission=emission)
+    site.neuron.threshold_pos.copy_(torch.tensor([0.4, 0.7]))
     scale = (channels // heads) ** -0.5
-    out = spiking_attention(q, k, v, heads, steps, scale).unflatten(0, (steps, batch))
+    site.neuron.monitor = True
+    out = spiking_attention(q, k, v, heads, steps, scale, site).unflatten(0, (steps, batch))
+    assert site.neuron.spike_count > 0
 
     def heads_first(y: torch.Tensor) -> torch.Tensor:
         return y.unflatten(0, (steps, batch)).mean(dim=0).unflatten(-1, (heads, -1)).transpose(1, 2)
 
-    expected = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v)).transpose(1, 2).flatten(2)
+    def quantised_attention(q_bar, k_bar, v_bar, p_shift=0.0) -> torch.Tensor:
+        probabilities = torch.softmax(q_bar @ k_bar.transpose(-1, -2) * scale, dim=-1)
+        return ((site.twin(probabilities) + p_shift) @ v_bar).transpose(1, 2).flatten(2)
+
+    expected = quantised_attention(heads_first(q), heads_first(k), heads_first(v))
     assert torch.allclose(out.sum(dim=0), steps * expected, atol=1e-5)
-    # and every prefix is attention on the running means (expectation compensation)
-    partial = out[:2].sum(dim=0) / 2
-
-    def running(y: torch.Tensor) -> torch.Tensor:
-        return y.unflatten(0, (steps, batch))[:2].mean(dim=0).unflatten(-1, (heads, -1)).transpose(1, 2)
-
-    assert torch.allclose(partial, F.scaled_dot_product_attention(running(q), running(k), running(v))
-                          .transpose(1, 2).flatten(2), atol=1e-5)
+    unquantised = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v)).transpose(1, 2).flatten(2)
+    assert not torch.allclose(expected, unquantised, atol=1e-2)  # P's site does quantise
     # the sites' bias corrections folded: the same as attention on the averages of (spikes + shift)
     shifts = tuple(torch.randn(channels, generator=generator) * 0.3 for _ in range(3))
-    folded = spiking_attention(q, k, v, heads, steps, scale, shifts).unflatten(0, (steps, batch)).sum(dim=0)
+    site.output_shift.copy_(torch.tensor([0.01, -0.02]))
+    folded = spiking_attention(q, k, v, heads, steps, scale, site, shifts).unflatten(0, (steps, batch)).sum(dim=0)
     shifted = [heads_first(y + b) for y, b in zip((q, k, v), shifts)]
-    expected = F.scaled_dot_product_attention(*shifted).transpose(1, 2).flatten(2)
+    expected = quantised_attention(*shifted, p_shift=site.output_shift.view(-1, 1, 1))
     assert torch.allclose(folded, steps * expected, atol=1e-5)
 
 
@@ -181,7 +187,11 @@ def test_a_record_without_stream_sites_is_refused_for_levels_that_need_them(tiny
 def test_stream_sites_are_signed_identity_sites_calibrated_like_the_others(tiny_source, tiny_record):
     snn = _convert(tiny_source, tiny_record, "full")
     stream = [s for name, s in snn.sites().items() if tiny_record.sites[name].activation == IDENTITY]
-    assert len(stream) == 5 + 2 + 5 * 4  # shortcuts, resamplers, 5 per attention block
+    assert len(stream) == 5 + 2 + 6 * 4  # shortcuts, resamplers, 6 per attention block
+    probabilities = [s for s in stream if s.site.endswith(".attention_probs")]
+    assert len(probabilities) == 4 and not any(s.neuron.signed for s in probabilities)  # P >= 0
+    assert all(float(s.neuron.threshold_pos.max()) < 1 for s in probabilities)  # calibrated, not the max of P
+    stream = [s for s in stream if s not in probabilities]
     assert all(isinstance(s, SpikingActivation) and s.neuron.signed and isinstance(s.norm, nn.Identity) for s in stream)
     assert all(float(s.neuron.threshold_pos.min()) > 0 and not torch.all(s.neuron.threshold_pos == 1) for s in stream)
 

@@ -70,7 +70,7 @@ def test_counted_accumulates_equal_a_brute_force_count_of_spikes_times_fan_out(t
         assert activity.layer_acs[path] == pytest.approx(acs, rel=1e-12), path
         assert activity.layer_images[path] == 2
     if level == "full":
-        assert all(block["acs"] > 0 and block["macs"] > 0 for block in activity.attention.values())
+        assert all(block["acs"] > 0 and set(block) == {"acs", "images"} for block in activity.attention.values())
 
 
 def test_a_graded_spike_counts_its_payload(tiny_source, tiny_record):
