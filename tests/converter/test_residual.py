@@ -184,6 +184,14 @@ def test_a_record_without_stream_sites_is_refused_for_levels_that_need_them(tiny
         convert(tiny_source, old, ConversionPolicy(timesteps=2, spiking="residual"))
 
 
+def test_a_record_without_probability_sites_serves_residual_but_not_full(tiny_source, tiny_record):
+    old = CalibrationRecord(sites={n: s for n, s in tiny_record.sites.items() if not n.endswith(".attention_probs")},
+                            meta=tiny_record.meta, inputs=tiny_record.inputs, input_timesteps=tiny_record.input_timesteps)
+    convert(tiny_source, old, ConversionPolicy(timesteps=2, spiking="residual"))
+    with pytest.raises(CalibrationError, match="attention_probs.*re-run calibration|re-run calibration.*attention_probs"):
+        convert(tiny_source, old, ConversionPolicy(timesteps=2, spiking="full"))
+
+
 def test_stream_sites_are_signed_identity_sites_calibrated_like_the_others(tiny_source, tiny_record):
     snn = _convert(tiny_source, tiny_record, "full")
     stream = [s for name, s in snn.sites().items() if tiny_record.sites[name].activation == IDENTITY]

@@ -19,10 +19,12 @@ POLICIES = [
     ConversionPolicy(timesteps=8, input_encoding="spikes", norm="frozen"),
     ConversionPolicy(timesteps=4, spiking="residual"),
     ConversionPolicy(timesteps=3, spiking="full"),
+    ConversionPolicy(timesteps=4, spiking="full", emission="eager"),
+    ConversionPolicy(timesteps=5, spiking="full", emission="hysteresis", emission_margin=2),
 ]
 
 
-@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: f"T{p.timesteps}-{p.spiking}")
+@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: f"T{p.timesteps}-{p.spiking}-{p.emission}")
 def test_closed_form_equals_the_step_simulation(tiny_source, tiny_record, policy):
     # float64: rounding that differs between one pass and T steps stays far below any threshold
     snn = convert(tiny_source, tiny_record, policy).double()
