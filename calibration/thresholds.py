@@ -120,15 +120,20 @@ def site_thresholds(
     signed: bool = True,
     membrane_init: float = 0.5,
     bias_correction: bool = True,
+    neg_scale: float = 1.0,
 ) -> SiteThresholds:
-    """Thresholds for one site; `signed=False` means plain IF neurons acting as a ReLU proxy."""
+    """Thresholds for one site; `signed=False` means plain IF neurons acting as a ReLU proxy.
+
+    `neg_scale` multiplies the chosen negative thresholds (energy-aware OFF sides: a coarser
+    negative lobe emits fewer spikes); the bias correction is that of the scaled thresholds."""
     z = stats.z_quantiles.float()
     target = activation_function(stats.activation)(z)  # what the ANN emits at each sketch point
     channels = z.shape[0]
     driven = target if signed else z  # a plain IF neuron integrates z and rectifies it itself
     options = (granularity, method, percentile, timesteps, membrane_init)
     pos = _side(driven.clamp_min(0), target.clamp_min(0) if signed else target, *options, clip=signed)
-    neg = _side((-driven).clamp_min(0), (-target).clamp_min(0), *options, clip=True) if signed else torch.ones(channels)
+    neg = _side((-driven).clamp_min(0), (-target).clamp_min(0), *options, clip=True) * neg_scale if signed \
+        else torch.ones(channels)
     emitted = site_quantise(driven, pos[:, None], neg[:, None], timesteps, membrane_init, signed)
     shift = (target - emitted).mean(dim=1) if bias_correction else torch.zeros(channels)
     return SiteThresholds(pos=pos, neg=neg, shift=shift)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from sdm.calibration.record import CalibrationRecord
+from sdm.calibration.sites import IDENTITY
 from sdm.calibration.thresholds import input_stats, site_thresholds
 from sdm.converter.layerwise import match_layerwise
 from sdm.converter.mapping import INPUT_SITE
@@ -62,7 +63,9 @@ def finalize(snn: SpikingUNet2DModel, source: SourceModel, record: CalibrationRe
     sites = snn.sites()
     record.require_sites([name for name in sites if name != INPUT_SITE])
     thresholds = {name: site_thresholds(input_stats(record) if name == INPUT_SITE else record.sites[name],
-                                        policy.timesteps, signed=site.neuron.signed, **options)
+                                        policy.timesteps, signed=site.neuron.signed, **options,
+                                        neg_scale=1.0 if name == INPUT_SITE or record.sites[name].activation == IDENTITY
+                                        else policy.off_threshold_scale)
                   for name, site in sites.items()}
     snn.set_thresholds(thresholds)
     if policy.norm == "frozen":

@@ -53,6 +53,9 @@ class ConversionPolicy:
     layerwise: refit thresholds and bias currents site by site on the SNN's own inputs against
         the ANN's activations (see converter/layerwise.py); `matching_inputs` calibration x_t.
     threshold_scale: threshold guidance (TG), a global factor on all thresholds at sampling time.
+    off_threshold_scale: factor on the calibrated negative thresholds of the activation (SiLU)
+        sites, whose OFF side carries the small negative lobe: > 1 trades its resolution for fewer
+        spikes (stream sites keep theirs: their negative values are as large as the positive ones).
     spiking: how much of the UNet is spike-driven. "hybrid": the ResNet convolutions and conv_out
         (the residual stream, attention and its projections stay analog); "residual": also every
         convolution and projection fed by the residual stream (shortcut, down- and up-sampling
@@ -78,6 +81,7 @@ class ConversionPolicy:
     layerwise: bool = False
     matching_inputs: int = 16
     threshold_scale: float = 1.0
+    off_threshold_scale: float = 1.0
     spiking: str = "hybrid"
 
     def __post_init__(self) -> None:
@@ -106,6 +110,10 @@ class ConversionPolicy:
             raise PolicyError(f"matching inputs must be >= 1, got {self.matching_inputs}")
         if not self.threshold_scale > 0.0:
             raise PolicyError(f"threshold scale must be > 0, got {self.threshold_scale}")
+        if not self.off_threshold_scale > 0.0:
+            raise PolicyError(f"off threshold scale must be > 0, got {self.off_threshold_scale}")
+        if self.layerwise and self.off_threshold_scale != 1.0:
+            raise PolicyError("off threshold scale applies to calibrated thresholds; layer-wise matching refits them")
 
     @property
     def emission_schedule(self) -> tuple[int, int]:

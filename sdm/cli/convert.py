@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="calibration inputs used by layer-by-layer matching")
     thresholds.add_argument("--threshold-scale", type=float, default=1.0,
                             help="threshold guidance: global factor on all thresholds at sampling time")
+    thresholds.add_argument("--off-threshold-scale", type=float, default=1.0,
+                            help="factor on the SiLU sites' calibrated negative thresholds (> 1: a coarser negative "
+                                 "lobe, fewer OFF spikes; see README)")
 
     neurons = parser.add_argument_group("neurons")
     neurons.add_argument("--neuron", choices=NEURONS, default="exact",
@@ -114,6 +117,7 @@ def policy_from_args(args: argparse.Namespace) -> ConversionPolicy:
         layerwise=args.layerwise,
         matching_inputs=args.matching_inputs,
         threshold_scale=args.threshold_scale,
+        off_threshold_scale=args.off_threshold_scale,
         spiking=args.spiking,
     )
 

@@ -58,3 +58,24 @@ def test_the_ann_is_left_untouched(tiny_source, tiny_record):
     lifecycle.convert(tiny_source, tiny_record, ConversionPolicy(timesteps=2, layerwise=True, matching_inputs=2))
     after = tiny_source.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_off_threshold_scale_coarsens_only_the_silu_sites_negative_side(tiny_source, tiny_record):
+    from sdm.calibration.sites import IDENTITY
+
+    plain = lifecycle.convert(tiny_source, tiny_record, ConversionPolicy(timesteps=4, spiking="residual"))
+    coarse = lifecycle.convert(tiny_source, tiny_record, ConversionPolicy(timesteps=4, spiking="residual",
+                                                                          off_threshold_scale=2.0))
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    spikes = []
+    for snn in (plain, coarse):
+        snn.set_monitor(True)
+        with torch.no_grad():
+            snn(x, torch.tensor([100, 700]))
+        spikes.append(sum(n.spike_count for n in snn.neurons().values()))
+    for name, site in coarse.sites().items():
+        before = plain.sites()[name].neuron
+        factor = 1.0 if tiny_record.sites[name].activation == IDENTITY else 2.0
+        assert torch.equal(site.neuron.threshold_neg, before.threshold_neg * factor), name
+        assert torch.equal(site.neuron.threshold_pos, before.threshold_pos), name
+    assert spikes[1] < spikes[0]
