@@ -171,8 +171,8 @@ def _convert_attention(attention: Attention, path: str, policy: ConversionPolicy
         names = attention_product_site_names(path)
         channels = {"q": attention.to_q.out_features, "k": attention.to_k.out_features,
                     "v": attention.to_v.out_features, "p": attention.heads, "out": attention.to_out[0].in_features}
-        product_sites = {key: _stream_site(names[key], channels[key], policy, signed=key != "p")
-                         for key in ("q", "k", "v", "p", "out")}
+        keys = ("q", "k", "v", "p", "out") if policy.attention_probabilities == "spiking" else ("q", "k", "v", "out")
+        product_sites = {key: _stream_site(names[key], channels[key], policy, signed=key != "p") for key in keys}
     return SpikeDrivenAttention(attention, policy.timesteps, input_site, product_sites)
 
 

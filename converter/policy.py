@@ -16,8 +16,10 @@ GRANULARITIES = ("channel", "layer", "auto")
 NEURONS = ("exact", "single-spike")
 SPIKING_LEVELS = ("hybrid", "residual", "full")
 EMISSIONS = ("eager", "hysteresis", "deferred")
+ATTENTION_PROBABILITIES = ("analog", "spiking")
 LEGACY_SPIKING = "hybrid"  # what a saved policy without the field meant: it predates the other levels
 LEGACY_EMISSION = "eager"  # likewise: neurons emitted every step before schedules existed
+LEGACY_PROBABILITIES = "analog"  # and `full` attention's P had no site
 
 
 class PolicyError(SdmError):
@@ -61,6 +63,9 @@ class ConversionPolicy:
         convolution and projection fed by the residual stream (shortcut, down- and up-sampling
         convolutions, q/k/v), through identity sites; "full": also attention's products
         (Q K^T and softmax V as products of spike trains) and its output projection.
+    attention_probabilities: at `full`, "analog" P (softmax V: v spikes select P's entries, plus
+        float MACs for P's change times what v emitted before, none under `deferred` emission) or
+        "spiking" (a site on P, quantised by its twin: accumulates only, whatever the schedule).
     """
 
     timesteps: int = 4
@@ -83,6 +88,7 @@ class ConversionPolicy:
     threshold_scale: float = 1.0
     off_threshold_scale: float = 1.0
     spiking: str = "hybrid"
+    attention_probabilities: str = "analog"
 
     def __post_init__(self) -> None:
         if not isinstance(self.timesteps, int) or self.timesteps < 1:
@@ -102,6 +108,7 @@ class ConversionPolicy:
         _check_choice("threshold_method", self.threshold_method, THRESHOLD_METHODS)
         _check_choice("granularity", self.granularity, GRANULARITIES)
         _check_choice("spiking", self.spiking, SPIKING_LEVELS)
+        _check_choice("attention_probabilities", self.attention_probabilities, ATTENTION_PROBABILITIES)
         if not 0.0 < self.percentile <= 100.0:
             raise PolicyError(f"percentile must be in (0, 100], got {self.percentile}")
         if not 0.0 <= self.membrane_init < 1.0:
@@ -138,8 +145,10 @@ class ConversionPolicy:
     @classmethod
     def from_saved(cls, data: dict[str, Any]) -> "ConversionPolicy":
         """A policy read back from a saved model: one saved before `spiking` existed was hybrid, one
-        saved before `emission` existed emitted eagerly."""
-        return cls.from_dict({"spiking": LEGACY_SPIKING, "emission": LEGACY_EMISSION, **data})
+        saved before `emission` existed emitted eagerly, and one saved before `attention_probabilities`
+        existed had analog P."""
+        return cls.from_dict({"spiking": LEGACY_SPIKING, "emission": LEGACY_EMISSION,
+                              "attention_probabilities": LEGACY_PROBABILITIES, **data})
 
     def replace(self, **changes: Any) -> "ConversionPolicy":
         return ConversionPolicy.from_dict({**self.to_dict(), **changes})

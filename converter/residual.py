@@ -11,9 +11,9 @@ the shape, so on a chip it is a precomputed bias map; here it is evaluated per c
 The residual stream gets identity sites (SpikingActivation with identity norm and activation)
 wherever an analog value feeds a convolution or projection; `SpikeDriven` runs such a site before
 its consumer. Attention comes at two levels: `residual` (q/k/v projections spike-driven, the
-softmax attention on the running means of q, k, v, analog) and `full` (q, k, v, the softmax
-probabilities and the attention output are spikes too; Q K^T and P V are products of spike trains,
-see `spiking_attention`).
+softmax attention on the running means of q, k, v, analog) and `full` (q, k, v, the attention
+output and, by policy, the softmax probabilities are spikes too; Q K^T and P V are products with
+spike trains, see `spiking_attention`).
 """
 
 from __future__ import annotations
@@ -108,27 +108,30 @@ def _channels_first_site(site: SpikingActivation, tokens: torch.Tensor) -> torch
 
 
 def spiking_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, timesteps: int, scale: float,
-                      probability_site: SpikingActivation,
+                      probability_site: SpikingActivation | None = None,
                       shifts: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Softmax attention of spike trains q, k, v ([T*B, N, C], t-major) by expectation compensation,
-    with the probabilities P spiking too (`probability_site`, channels = heads).
+    the probabilities P analog or spiking too (`probability_site`, channels = heads).
 
     With A_t, B_t, S_t the running sums of q, k, v (spike counts weighted by their thresholds):
     the product A_t B_t^T grows by q_t B_t^T + A_{t-1} k_t^T, each a spike selecting stored sums
     (accumulates); softmax is evaluated on the running mean A_t B_t^T / t^2 (analog, elementwise),
-    giving P_t. P's site is driven by the increments t P_t - (t-1) P_{t-1}, so its running mean is
-    P_t, and emits spikes p_t with running sum R_t. The output's running sum is R_t S_t / t: its
-    product grows by p_t S_{t-1} + R_t v_t, again spikes selecting stored sums (accumulates), and
-    the output at step t is the increment of R_t S_t / t. Summed over the T steps it is
-    T * twin_P(softmax(scale * q_bar k_bar^T)) v_bar: attention on the time-averaged spikes with P
-    quantised by its site's twin.
+    giving P_t. The output at step t is the increment of t P_t (S_t / t), whose sum over the T steps
+    is T * P_T v_bar:
+    - analog P: the increment is P_t v_t (a v spike selects a column of P_t: accumulates) plus
+      (P_t - P_{t-1}) S_{t-1} (float MACs, zero where nothing was emitted before step t, so none
+      under the `deferred` emission schedule); the result is attention on the time-averaged spikes;
+    - spiking P: P's site is driven by the increments t P_t - (t-1) P_{t-1} (its running mean is
+      P_t) and emits spikes p_t with running sum R_t, which replaces t P_t: R_t S_t grows by
+      p_t S_{t-1} + R_t v_t, spikes selecting stored sums only (accumulates); the result is
+      attention on the time-averaged spikes with P quantised by its site's twin.
 
     `shifts`: the q, k, v sites' bias corrections (b_q, b_k, b_v), folded exactly (P's own, b_p per
     head, is its site's `output_shift`): softmax over keys ignores what is constant along a row, so
     b_k drops out and b_q leaves a per-key score bias b_q . B_t / t (one accumulate per k spike);
-    (R_t / t + b_p)(S_t / t + b_v) expands into R_t S_t / t^2 plus b_p times the key sums of S_t
-    (one accumulate per v spike), b_v times the row sums of R_t (one per p spike) and a constant.
-    The result equals attention on the time averages of (spikes + shift).
+    (R_t / t + b_p)(S_t / t + b_v) adds b_p times the key sums of S_t (one accumulate per v spike)
+    and b_v times the row sums of R_t (one per p spike); with analog P, whose rows sum to 1, b_v is
+    a constant output current. The result equals attention on the time averages of (spikes + shift).
     """
     def split(y: torch.Tensor) -> torch.Tensor:  # [T, B, heads, N, d]
         return y.unflatten(0, (timesteps, -1)).unflatten(-1, (heads, -1)).transpose(2, 3)
@@ -138,7 +141,7 @@ def spiking_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
     sum_q, sum_k = torch.zeros_like(q[0]), torch.zeros_like(k[0])
     product = q.new_zeros(q.shape[1:-1] + (k.shape[-2],))
     key_bias = q.new_zeros(k.shape[1:-1])  # b_q . B_t per key, [B, heads, N]
-    accumulated = []  # t * P_t
+    probabilities = []  # P_t
     for step in range(timesteps):
         t = step + 1
         sum_k = sum_k + k[step]
@@ -148,24 +151,32 @@ def spiking_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
         if q_shift is not None:
             key_bias = key_bias + (k[step] * q_shift).sum(dim=-1)
             scores = scores + (key_bias * (scale / t)).unsqueeze(-2)
-        accumulated.append(torch.softmax(scores, dim=-1) * t)
-    accumulated = torch.stack(accumulated)
-    increments = torch.cat([accumulated[:1], accumulated[1:] - accumulated[:-1]])
-    p = probability_site(increments.flatten(0, 1)).unflatten(0, (timesteps, -1))  # [T, B, heads, N, N]
-    p_shift = probability_site.output_shift.view(-1, 1, 1) if shifts is not None else None
+        probabilities.append(torch.softmax(scores, dim=-1))
+    if probability_site is not None:
+        probabilities = _spiking_probabilities(torch.stack(probabilities), probability_site, shifts is not None)
     v_shift = None if shifts is None else shifts[2].view(heads, 1, -1)
-    sum_p, sum_v = torch.zeros_like(p[0]), torch.zeros_like(v[0])
+    sum_v = torch.zeros_like(v[0])
     previous, outputs = 0.0, []
     for step in range(timesteps):
         t = step + 1
-        sum_p, sum_v = sum_p + p[step], sum_v + v[step]
-        mean_p, mean_v = sum_p / t, sum_v / t
-        if shifts is not None:
-            mean_p, mean_v = mean_p + p_shift, mean_v + v_shift
-        cumulative = (mean_p @ mean_v) * t  # the output's running sum
+        sum_v = sum_v + v[step]
+        mean_v = sum_v / t if v_shift is None else sum_v / t + v_shift
+        cumulative = (probabilities[step] @ mean_v) * t  # the output's running sum
         outputs.append(cumulative - previous)
         previous = cumulative
     return torch.stack(outputs).transpose(2, 3).flatten(3).flatten(0, 1)
+
+
+def _spiking_probabilities(probabilities: torch.Tensor, site: SpikingActivation, fold: bool) -> torch.Tensor:
+    """The running means R_t / t (+ b_p where folded) of P's spikes, for P_t [T, B, heads, N, N]."""
+    steps = probabilities.shape[0]
+    accumulated = probabilities * torch.arange(1, steps + 1, dtype=probabilities.dtype,
+                                               device=probabilities.device).view(-1, 1, 1, 1, 1)
+    increments = torch.cat([accumulated[:1], accumulated[1:] - accumulated[:-1]])
+    spikes = site(increments.flatten(0, 1)).unflatten(0, (steps, -1))
+    means = spikes.cumsum(dim=0) / torch.arange(1, steps + 1, dtype=spikes.dtype,
+                                                device=spikes.device).view(-1, 1, 1, 1, 1)
+    return means + site.output_shift.view(-1, 1, 1) if fold else means
 
 
 class SpikeDrivenAttention(TimeFolded):
@@ -214,7 +225,8 @@ class SpikeDrivenAttention(TimeFolded):
             sites = self.product_sites
             q, k, v = (_channels_first_site(sites[name], y) for name, y in (("q", q), ("k", k), ("v", v)))
             shifts = tuple(sites[name].output_shift for name in ("q", "k", "v"))
-            mixed = spiking_attention(q, k, v, attn.heads, steps, attn.scale, sites["p"], shifts)
+            mixed = spiking_attention(q, k, v, attn.heads, steps, attn.scale, sites["p"] if "p" in sites else None,
+                                      shifts)
             mixed = _channels_first_site(sites["out"], mixed)
         else:
             mixed = expectation_increments(self._analog_mix, torch.cat([q, k, v], dim=-1), steps)

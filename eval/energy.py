@@ -12,14 +12,16 @@ Synaptic work:
 - quantised ANN (the SNN's twin): the same UNet with each site's output quantised to
   ceil(log2(levels)) bits (2T+1 levels for signed neurons, T+1 for plain IF), 8-bit weights and
   32-bit accumulation: a layer fed by a site costs integer MACs, one fed by an analog value float
-  MACs; at the `full` level both attention products have quantised operands (P quantised as its
-  site's twin);
+  MACs; at the `full` level Q K^T has both operands quantised, softmax V too where P spikes (P
+  quantised as its site's twin), else it keeps a float operand;
 - SNN: a spike-driven layer costs one accumulate per input spike per synapse it reaches, counted
   from the spikes that actually arrived and the layer's real fan-out at each input position
   (padding borders included, see `fan_out`); analog-per-step layers cost MACs every step,
   analog-once layers (conv_in on the image, the timestep MLP and projections) once; `full`
-  attention costs the accumulates of its spike-driven products Q K^T and P V (q, k, P and v
-  spikes selecting stored sums, converter/residual.spiking_attention). Two SNN figures: float
+  attention costs the accumulates of its spike-driven products Q K^T and P V (q, k, v and, where
+  P spikes, P's spikes selecting stored sums, converter/residual.spiking_attention), plus with
+  analog P float MACs for (P_t - P_{t-1}) S_{t-1} on the entries of S_{t-1} already reached
+  (none when nothing is emitted before the last step). Two SNN figures: float
   accumulates (0.9 pJ, against the float ANN) and, with the same 8-bit weights as the quantised
   ANN, 32-bit integer accumulates (against the quantised ANN).
 Elementwise work (32-bit float, costs per element in ELEMENTWISE): shared by both sides, once per
@@ -65,7 +67,8 @@ ELEMENTWISE = {
     "neuron_reset": (1, 0),  # per spike: subtract the emitted value
     "decode": (1, 0),  # output's time average, per output element and step
     "score_scale": (0, 1),  # A_t B_t^T / t^2 (+ key bias) per score, full attention
-    "attention_output": (4, 2),  # full attention, per output element: R_t S_t / t, the folded shift terms, increment
+    "probability_change": (1, 0),  # P_t - P_{t-1} per score, full attention with analog P
+    "attention_output": (4, 2),  # full attention with spiking P, per output element: R_t S_t / t, shift terms, increment
 }
 
 
@@ -157,7 +160,8 @@ def count_operations(snn: SpikingUNet2DModel) -> OperationCounts:
             level = module.level if isinstance(module, SpikeDrivenAttention) else "hybrid"
             attention[path] = {"tokens": x.shape[2] * x.shape[3], "channels": attn.inner_dim, "heads": attn.heads,
                                "norm_elements": per_image(x) if attn.group_norm is not None else 0.0,
-                               "input_elements": per_image(x), "level": level}
+                               "input_elements": per_image(x), "level": level,
+                               "spiking_p": level == "full" and "p" in module.product_sites}
             adds["residual"] += per_image(output) if attn.residual_connection else 0.0
         return hook
 
@@ -209,7 +213,7 @@ class Activity:
         for path, (acs, images) in sum_counts({p: (self.layer_acs[p], self.layer_images[p])
                                                for p in self.layer_acs}).items():
             total.layer_acs[path], total.layer_images[path] = acs, images
-        keys = ("acs", "images")
+        keys = ("acs", "macs", "images")
         for path, values in sum_counts({p: [self.attention[p][k] for k in keys] for p in self.attention}).items():
             total.attention[path].update(zip(keys, values))
         return total
@@ -232,7 +236,8 @@ class ActivityMonitor:
     Each spike-driven Conv2d: its input's spike units per position (over time, batch and
     channels) times the fan-out map, times the output channels a spike reaches (out / groups).
     Each spike-driven Linear: spike units times out_features. `full` attention: the spike units of
-    its q, k, P and v sites, each times the stored sums it selects.
+    its q, k, v (and P) sites, each times the stored sums it selects; with analog P, the entries of
+    S_{t-1} already reached, which (P_t - P_{t-1}) S_{t-1} multiplies.
     """
 
     def __init__(self, snn: SpikingUNet2DModel, activity: Activity | None = None) -> None:
@@ -251,9 +256,9 @@ class ActivityMonitor:
             if isinstance(module, SpikeDrivenAttention) and module.level == "full":
                 sites = module.product_sites
                 head_channels = module.attention.inner_dim // module.attention.heads
-                for name in ("q", "k", "p", "v"):
-                    self._handles.append(sites[name].register_forward_hook(self._product_hook(path, name,
-                                                                                              head_channels)))
+                for name in [n for n in ("q", "k", "p", "v") if n in sites]:
+                    self._handles.append(sites[name].register_forward_hook(
+                        self._product_hook(path, name, head_channels, spiking_p="p" in sites)))
         return self.activity
 
     def __exit__(self, *exc) -> None:
@@ -278,7 +283,7 @@ class ActivityMonitor:
             self.activity.layer_images[path] += x.shape[0] / steps
         return hook
 
-    def _product_hook(self, path: str, name: str, head_channels: int):
+    def _product_hook(self, path: str, name: str, head_channels: int, spiking_p: bool):
         steps = self.snn.timesteps
 
         def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
@@ -292,8 +297,13 @@ class ActivityMonitor:
                 record["acs"] += float(per_step[1:].sum()) * tokens + float(per_step.sum())
             elif name == "p":  # each P spike adds a row of S_{t-1} (t >= 2) and itself to its row's sum (b_v)
                 record["acs"] += float(per_step[1:].sum()) * head_channels + float(per_step.sum())
-            else:  # each v spike adds a column of R_t (all queries) and itself to its key sum (b_p)
+            elif spiking_p:  # each v spike adds a column of R_t (all queries) and itself to its key sum (b_p)
                 record["acs"] += float(per_step.sum()) * (tokens + 1)
+                record["images"] += spikes.shape[1]
+            else:  # each v spike adds a column of P_t; (P_t - P_{t-1}) S_{t-1} multiplies what S holds
+                reached = (spikes.cumsum(dim=0) > 0).flatten(1).sum(dim=1, dtype=torch.float64)
+                record["acs"] += float(per_step.sum()) * tokens
+                record["macs"] += float(reached[:-1].sum()) * tokens
                 record["images"] += spikes.shape[1]
         return hook
 
@@ -344,11 +354,18 @@ def energy_estimate(snn: SpikingUNet2DModel, counts: OperationCounts, activity: 
         if block["level"] == "full":
             measured = activity.attention.get(path, {})
             images = max(measured.get("images", 0.0), 1.0)
-            block_acs = measured.get("acs", 0.0) / images
-            qann = 2 * n * n * c * (int_mult_pj(bits, bits) + int_add_pj(ACCUMULATOR_BITS))
-            extra = steps * (scores * elementwise_pj("score_scale") + n * c * elementwise_pj("attention_output"))
+            block_acs, block_macs = measured.get("acs", 0.0) / images, measured.get("macs", 0.0) / images
+            integer_product = n * n * c * (int_mult_pj(bits, bits) + int_add_pj(ACCUMULATOR_BITS))
+            if block["spiking_p"]:
+                qann = 2 * integer_product
+                extra = steps * (scores * elementwise_pj("score_scale") + n * c * elementwise_pj("attention_output"))
+            else:
+                qann = integer_product + PJ_PER_MAC * n * n * c
+                extra = steps * scores * (elementwise_pj("score_scale") + elementwise_pj("probability_change"))
             snn_acs += block_acs
-            add("attention products", ann_pj, qann, PJ_PER_AC * block_acs + extra, int_ac * block_acs + extra)
+            snn_macs += block_macs
+            add("attention products", ann_pj, qann, PJ_PER_AC * block_acs + PJ_PER_MAC * block_macs + extra,
+                int_ac * block_acs + PJ_PER_MAC * block_macs + extra)
             snn_only += extra
             # running means: none beyond the sites' own; compensation of the attention GroupNorm
             own = steps * block["input_elements"] * (elementwise_pj("running_mean") + elementwise_pj("compensation"))

@@ -208,6 +208,7 @@ ROWS: list[tuple[str, str, list[str], str, str | None]] = [
     ("convert-unknown-emission", CONVERT, [*CONVERT_FAST, "--emission", "lazy"], "emission must be one of eager, hysteresis, deferred", None),
     ("convert-emission-margin-negative", CONVERT, [*CONVERT_FAST, "--emission-margin", "-1"], "emission_margin must be an integer >= 0", None),
     ("convert-off-threshold-scale-0", CONVERT, [*CONVERT_FAST, "--off-threshold-scale", "0"], r"off threshold scale must be > 0", None),
+    ("convert-unknown-attention-probabilities", CONVERT, [*CONVERT_FAST, "--attention-probabilities", "binary"], "attention_probabilities must be one of analog, spiking", None),
     ("convert-unknown-spiking-level", CONVERT, [*CONVERT_FAST, "--spiking", "everything"], "spiking must be one of hybrid, residual, full", None),
     ("convert-percentile-120", CONVERT, [*CONVERT_FAST, "--threshold-method", "percentile", "--percentile", "120"],
      re.escape("percentile must be in (0, 100]"), None),

@@ -13,6 +13,7 @@ from sdm.cli.common import add_output_arguments, add_simulation_argument, make_p
 from sdm.converter.allocator import retain_freed_memory
 from sdm.converter.policy import (
     ATTENTION_MODES,
+    ATTENTION_PROBABILITIES,
     EMISSIONS,
     GRANULARITIES,
     INPUT_ENCODINGS,
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "and so the output, is the same): eager every step, hysteresis (silent for "
                               "--emission-onset steps, take-backs only beyond --emission-margin units), deferred "
                               "(only at the last step); see README")
+    neurons.add_argument("--attention-probabilities", default=ConversionPolicy.attention_probabilities,
+                         help=f"{' | '.join(ATTENTION_PROBABILITIES)}: at --spiking full, softmax probabilities analog "
+                              "(v spikes select them) or spiking (a site on P: accumulates only, P quantised); "
+                              "see README")
     neurons.add_argument("--emission-margin", type=int, default=ConversionPolicy.emission_margin,
                          help="hysteresis: take back spikes only once the target has fallen more than this many units")
     neurons.add_argument("--emission-onset", type=int, default=ConversionPolicy.emission_onset,
@@ -119,6 +124,7 @@ def policy_from_args(args: argparse.Namespace) -> ConversionPolicy:
         threshold_scale=args.threshold_scale,
         off_threshold_scale=args.off_threshold_scale,
         spiking=args.spiking,
+        attention_probabilities=args.attention_probabilities,
     )
 
 

@@ -21,13 +21,19 @@ from sdm.converter.residual import FoldedConv2d, feeding_site, spiking_attention
 
 from tests.conftest import make_tiny_unet
 
-LEVELS = ("hybrid", "residual", "full")
+LEVELS = ("hybrid", "residual", "full", "full-spiking-p")  # the last: full with a site on P
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
 TIMESTEPS = torch.tensor([50, 700])
 
 
+def _policy(level: str, **options) -> ConversionPolicy:
+    if level == "full-spiking-p":
+        return ConversionPolicy(spiking="full", attention_probabilities="spiking", **options)
+    return ConversionPolicy(spiking=level, **options)
+
+
 def _convert(tiny_source, tiny_record, level: str, timesteps: int = 3, neuron: str = "exact"):
-    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=timesteps, spiking=level, neuron=neuron))
+    snn = convert(tiny_source, tiny_record, _policy(level, timesteps=timesteps, neuron=neuron))
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():  # bias corrections large enough that folding them wrongly would show
         for site in snn.sites().values():
@@ -62,7 +68,8 @@ def test_every_spike_driven_layer_receives_only_its_sites_spikes(tiny_source, ti
     assert set(seen) == set(layers) and any(seen.values())
     # 8 ResNet blocks (conv1, conv2) + conv_out; then 5 shortcuts, 2 resamplers, q/k/v of 4 attention
     # blocks; then their 4 output projections
-    assert len(layers) == {"hybrid": 17, "residual": 17 + 5 + 2 + 4 * 3, "full": 17 + 5 + 2 + 4 * 4}[level]
+    full = 17 + 5 + 2 + 4 * 4
+    assert len(layers) == {"hybrid": 17, "residual": 17 + 5 + 2 + 4 * 3, "full": full, "full-spiking-p": full}[level]
 
 
 def _unfolded_copy(snn):
@@ -117,17 +124,36 @@ def test_downsample_fold_leaves_its_asymmetric_zero_pad_without_bias_correction(
     assert torch.allclose(got, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("emission", [(0, 0), (1, 1), (4, 0)])
-def test_spiking_attention_accumulates_to_attention_on_time_averaged_spikes(emission):
+def _spike_trains(generator: torch.Generator, steps: int, batch: int, tokens: int, channels: int):
+    theta = torch.rand(channels, generator=generator) + 0.5
+    return [torch.randint(-1, 2, (steps * batch, tokens, channels), generator=generator).float() * theta
+            for _ in range(3)]
+
+
+def test_analog_p_attention_accumulates_to_attention_on_time_averaged_spikes():
     generator = torch.Generator().manual_seed(0)
     steps, batch, tokens, channels, heads = 5, 2, 6, 8, 2
-    theta = torch.rand(channels, generator=generator) + 0.5
+    q, k, v = _spike_trains(generator, steps, batch, tokens, channels)
+    scale = (channels // heads) ** -0.5
+    out = spiking_attention(q, k, v, heads, steps, scale).unflatten(0, (steps, batch))
 
-    def spike_train() -> torch.Tensor:
-        signs = torch.randint(-1, 2, (steps * batch, tokens, channels), generator=generator).float()
-        return signs * theta
+    def heads_first(y: torch.Tensor, upto: int = steps) -> torch.Tensor:
+        return y.unflatten(0, (steps, batch))[:upto].mean(dim=0).unflatten(-1, (heads, -1)).transpose(1, 2)
 
-    q, k, v = spike_train(), spike_train(), spike_train()
+    for upto in (steps, 2):  # the whole sum, and every prefix: attention on the running means
+        expected = F.scaled_dot_product_attention(heads_first(q, upto), heads_first(k, upto), heads_first(v, upto))
+        assert torch.allclose(out[:upto].sum(dim=0) / upto, expected.transpose(1, 2).flatten(2), atol=1e-5)
+    shifts = tuple(torch.randn(channels, generator=generator) * 0.3 for _ in range(3))
+    folded = spiking_attention(q, k, v, heads, steps, scale, None, shifts).unflatten(0, (steps, batch)).sum(dim=0)
+    expected = F.scaled_dot_product_attention(*[heads_first(y + b) for y, b in zip((q, k, v), shifts)])
+    assert torch.allclose(folded, steps * expected.transpose(1, 2).flatten(2), atol=1e-5)
+
+
+@pytest.mark.parametrize("emission", [(0, 0), (1, 1), (4, 0)])
+def test_spiking_p_attention_accumulates_to_quantised_attention_on_time_averaged_spikes(emission):
+    generator = torch.Generator().manual_seed(0)
+    steps, batch, tokens, channels, heads = 5, 2, 6, 8, 2
+    q, k, v = _spike_trains(generator, steps, batch, tokens, channels)
     site = SpikingActivation("p", nn.Identity(), nn.Identity(), heads, timesteps=steps, signed=False,
                              membrane_init=0.5, emission=emission)
     site.neuron.threshold_pos.copy_(torch.tensor([0.4, 0.7]))
@@ -156,12 +182,12 @@ def test_spiking_attention_accumulates_to_attention_on_time_averaged_spikes(emis
     assert torch.allclose(folded, steps * expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("level", ["residual", "full"])
+@pytest.mark.parametrize("level", ["residual", "full", "full-spiking-p"])
 def test_levels_round_trip_through_save_and_load(tiny_source, tiny_record, tmp_path, level):
     snn = _convert(tiny_source, tiny_record, level)
     save_converted(snn, tiny_record, tmp_path)
     loaded = load_converted(tmp_path)
-    assert loaded.policy.spiking == level and set(loaded.sites()) == set(snn.sites())
+    assert loaded.policy == snn.policy and set(loaded.sites()) == set(snn.sites())
     with torch.no_grad():
         assert torch.equal(loaded(X, TIMESTEPS).sample, snn(X, TIMESTEPS).sample)
 
@@ -170,8 +196,9 @@ def test_a_policy_saved_before_levels_existed_is_hybrid():
     saved = ConversionPolicy().to_dict()
     del saved["spiking"]
     assert ConversionPolicy.from_saved(saved).spiking == "hybrid"
-    del saved["emission"]  # before emission schedules, neurons emitted every step
-    assert ConversionPolicy.from_saved(saved).emission == "eager"
+    del saved["emission"], saved["attention_probabilities"]  # before schedules: every step; before P sites: analog P
+    legacy = ConversionPolicy.from_saved(saved)
+    assert legacy.emission == "eager" and legacy.attention_probabilities == "analog"
     with pytest.raises(PolicyError, match="spiking must be one of"):
         ConversionPolicy(spiking="everything")
 
@@ -184,16 +211,16 @@ def test_a_record_without_stream_sites_is_refused_for_levels_that_need_them(tiny
         convert(tiny_source, old, ConversionPolicy(timesteps=2, spiking="residual"))
 
 
-def test_a_record_without_probability_sites_serves_residual_but_not_full(tiny_source, tiny_record):
+def test_a_record_without_probability_sites_serves_analog_p_but_not_spiking_p(tiny_source, tiny_record):
     old = CalibrationRecord(sites={n: s for n, s in tiny_record.sites.items() if not n.endswith(".attention_probs")},
                             meta=tiny_record.meta, inputs=tiny_record.inputs, input_timesteps=tiny_record.input_timesteps)
-    convert(tiny_source, old, ConversionPolicy(timesteps=2, spiking="residual"))
+    convert(tiny_source, old, ConversionPolicy(timesteps=2, spiking="full"))
     with pytest.raises(CalibrationError, match="attention_probs.*re-run calibration|re-run calibration.*attention_probs"):
-        convert(tiny_source, old, ConversionPolicy(timesteps=2, spiking="full"))
+        convert(tiny_source, old, ConversionPolicy(timesteps=2, spiking="full", attention_probabilities="spiking"))
 
 
 def test_stream_sites_are_signed_identity_sites_calibrated_like_the_others(tiny_source, tiny_record):
-    snn = _convert(tiny_source, tiny_record, "full")
+    snn = _convert(tiny_source, tiny_record, "full-spiking-p")
     stream = [s for name, s in snn.sites().items() if tiny_record.sites[name].activation == IDENTITY]
     assert len(stream) == 5 + 2 + 6 * 4  # shortcuts, resamplers, 6 per attention block
     probabilities = [s for s in stream if s.site.endswith(".attention_probs")]

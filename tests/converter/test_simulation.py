@@ -21,6 +21,7 @@ POLICIES = [
     ConversionPolicy(timesteps=3, spiking="full"),
     ConversionPolicy(timesteps=4, spiking="full", emission="eager"),
     ConversionPolicy(timesteps=5, spiking="full", emission="hysteresis", emission_margin=2),
+    ConversionPolicy(timesteps=4, spiking="full", emission="hysteresis", attention_probabilities="spiking"),
 ]
 
 

@@ -49,9 +49,11 @@ def _brute_force_acs(module: nn.Module, x: torch.Tensor) -> float:
                           groups=module.groups).sum())
 
 
-@pytest.mark.parametrize("level", ["hybrid", "residual", "full"])
+@pytest.mark.parametrize("level", ["hybrid", "residual", "full", "full-spiking-p"])
 def test_counted_accumulates_equal_a_brute_force_count_of_spikes_times_fan_out(tiny_source, tiny_record, level):
-    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=3, spiking=level, neuron="single-spike"))
+    probabilities = "spiking" if level == "full-spiking-p" else "analog"
+    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=3, spiking=level.removesuffix("-spiking-p"),
+                                                             neuron="single-spike", attention_probabilities=probabilities))
     kinds = classify_layers(snn)
     modules = dict(snn.unet.named_modules())
     brute: dict[str, float] = {}
@@ -69,8 +71,17 @@ def test_counted_accumulates_equal_a_brute_force_count_of_spikes_times_fan_out(t
     for path, acs in brute.items():
         assert activity.layer_acs[path] == pytest.approx(acs, rel=1e-12), path
         assert activity.layer_images[path] == 2
-    if level == "full":
-        assert all(block["acs"] > 0 and set(block) == {"acs", "images"} for block in activity.attention.values())
+    if level.startswith("full"):  # single-spike neurons fire early: analog P pays (P_t - P_{t-1}) S_{t-1} MACs
+        assert all(block["acs"] > 0 and (block["macs"] > 0) == (level == "full") for block in activity.attention.values())
+
+
+@pytest.mark.parametrize("emission, macs", [("eager", True), ("deferred", False)])
+def test_analog_p_costs_macs_only_for_what_was_emitted_before_the_last_step(tiny_source, tiny_record, emission, macs):
+    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=3, spiking="full", emission=emission))
+    x, t = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([100, 800])
+    with torch.no_grad(), ActivityMonitor(snn) as activity:
+        snn(x, t)
+    assert all(block["acs"] > 0 and (block["macs"] > 0) == macs for block in activity.attention.values())
 
 
 def test_a_graded_spike_counts_its_payload(tiny_source, tiny_record):
