@@ -18,6 +18,15 @@ takes back spikes only once the target has fallen more than `margin` units below
 emitted; at the last step it emits exactly the target. (0, 0) tracks the target every step
 ("eager"); onset T - 1 emits only at the last step ("deferred": |count| units, but a one-step
 graded network).
+
+`SignedIFNode` ("single-spike", the neuron of earlier versions, kept for comparison): one spike
+of +theta_pos or -theta_neg per step at most; it lags behind late or sign-swinging drive and mixes
++theta_pos and -theta_neg spikes into levels no quantiser models.
+
+Both kinds: per-channel thresholds as buffers in the state dict (same names), threshold guidance
+(`threshold_scale`), spikes leave the neuron weighted by their threshold (foldable into the next
+layer's weights, so it stays an accumulate), and a monitor counting spikes: every unit of a graded
+spike counts as one spike.
 """
 
 from __future__ import annotations
