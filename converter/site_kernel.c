@@ -123,9 +123,8 @@ static inline float side_step(float drive, float theta, float init, float top, i
    ON count = clip(floor(max(D, 0) / theta_pos + init), 0, T), OFF the same for -D with theta_neg
    (signed sites only): sdm.core.quantise.side_count. Before the last step the emission schedule
    (GradedIFNode.onset, .margin) holds a side back: silent in its first `onset` steps, take-backs of
-   at most `margin` units deferred. With
-   max_payload > 0 each side emits at most that many spikes per step and carries the rest. Written: theta_pos * dON - theta_neg * dOFF +
-   shift. Returns the number of spike units (|dON| + |dOFF| summed), -1 if out of memory. */
+   at most `margin` units deferred. With max_payload > 0 each side emits at most that many spikes
+   per step and carries the rest. Written: theta_pos * dON - theta_neg * dOFF + shift. Returns the number of spike units (|dON| + |dOFF| summed), -1 if out of memory. */
 SDM_CLONES
 int64_t fire_exact(float *restrict values, int64_t steps, int64_t rows, int64_t hw, int64_t channels,
                    const float *threshold_pos, const float *threshold_neg, float scale, float init,
