@@ -143,7 +143,7 @@ class GradedIFNode(SiteNeuron):
         if not self.bounded and self.onset <= 0 and self.margin <= 0:
             return counts
         last = counts.shape[0] - 1
-        emitted, total = [], torch.zeros_like(counts[0])
+        emitted, total = [], counts[0] * 0  # zeros derived from the input, so traced graphs keep a dynamic batch
         for step, target in enumerate(counts):
             if step < last and step < self.onset:
                 target = total
