@@ -33,9 +33,11 @@ from sdm.calibration.settings import CalibrationError
 from sdm.converter.export import check_same_source, load_converted
 from sdm.converter.finetune_outputs import CHECKPOINT, LOSS_COLUMNS, write_outputs
 from sdm.converter import qat
-from sdm.converter.finetune_pool import TARGET_CHUNK, Pool, build_pool, held_out_inputs, load_images, refresh_pool
+from sdm.converter.finetune_pool import (TARGET_CHUNK, Pool, build_pool, held_out_inputs, load_images, refresh_pool,
+                                        step_sensitivity)
 from sdm.converter.finetune_settings import FinetuneError, FinetuneSettings
 from sdm.converter.model import SpikingUNet2DModel
+from sdm.converter.step_sensitivity import StepSensitivity
 from sdm.converter.tsm import clamp_thresholds_, freeze, set_trainable, tsm_values
 from sdm.core.devices import resolve_device
 from sdm.core.diffusion import to_model_range, training_example
@@ -63,9 +65,11 @@ class Trainer(ResumableTrainer):
     """One fine-tuning run: batches and losses over the shared resumable trainer state."""
 
     def __init__(self, settings: FinetuneSettings, snn: SpikingUNet2DModel, pool: Pool, images: torch.Tensor | None,
-                 schedule: DDPMScheduler, device: torch.device, refresh=None, held_out: Pool | None = None) -> None:
+                 schedule: DDPMScheduler, device: torch.device, refresh=None, held_out: Pool | None = None,
+                 sensitivity: StepSensitivity | None = None) -> None:
         """`refresh(generation)`: the pool of that generation of fresh trajectories (every
-        --refresh-every steps); `held_out`: fixed inputs for `evaluate` instead of pool inputs."""
+        --refresh-every steps); `held_out`: fixed inputs for `evaluate` instead of pool inputs;
+        `sensitivity`: draw distillation inputs in proportion to their step's gain (else uniformly)."""
         if settings.method == "qat":
             named = qat.prepare(snn, settings.weights, settings.rank, settings.seed)
             groups = qat.parameter_groups(named, settings.lr, settings.weight_lr)
@@ -75,10 +79,16 @@ class Trainer(ResumableTrainer):
         super().__init__(named, torch.optim.Adam(groups), settings.ema, settings.seed, device, FinetuneError)
         self.settings, self.snn, self.pool, self.images, self.schedule = settings, snn, pool, images, schedule
         self.refresh, self.held_out, self.generation = refresh, held_out, 0
+        self.sensitivity, self._weights = sensitivity, None
         self.params = [p for _, p in named]
 
     def distill_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        index = torch.randint(len(self.pool), (self.settings.batch_size,), generator=self.generator)
+        if self.sensitivity is None:
+            index = torch.randint(len(self.pool), (self.settings.batch_size,), generator=self.generator)
+        else:
+            if self._weights is None or len(self._weights) != len(self.pool):
+                self._weights = self.sensitivity.weights_at(self.pool.t)
+            index = torch.multinomial(self._weights, self.settings.batch_size, replacement=True, generator=self.generator)
         return self.pool.x[index], self.pool.t[index], self.pool.target[index]
 
     def data_batch(self, generator: torch.Generator | None = None, index: torch.Tensor | None = None):
@@ -96,7 +106,7 @@ class Trainer(ResumableTrainer):
         s = self.settings
         if self.refresh is not None and self.step // s.refresh_every != self.generation:
             self.generation = self.step // s.refresh_every
-            self.pool = self.refresh(self.generation)
+            self.pool, self._weights = self.refresh(self.generation), None
         self.optimizer.zero_grad(set_to_none=True)
         distill = data = torch.zeros((), device=self.device)
         if s.distill_weight > 0:
@@ -115,26 +125,35 @@ class Trainer(ResumableTrainer):
     def evaluate(self) -> dict[str, float]:
         """Losses on fixed inputs (fp32, no autocast): the held-out inputs, else eval-size pool inputs spread evenly."""
         s, result = self.settings, {}
-        if s.distill_weight > 0 and self.held_out is not None:
-            result["distill"] = self._mse(self.held_out.x, self.held_out.t, self.held_out.target)
-        elif s.distill_weight > 0:
-            count = min(s.eval_size, len(self.pool))
-            index = torch.linspace(0, len(self.pool) - 1, count).round().long().unique()
-            result["distill"] = self._mse(self.pool.x[index], self.pool.t[index], self.pool.target[index])
+        if s.distill_weight > 0:
+            if self.held_out is not None:
+                inputs = self.held_out
+            else:
+                count = min(s.eval_size, len(self.pool))
+                index = torch.linspace(0, len(self.pool) - 1, count).round().long().unique()
+                inputs = Pool(self.pool.x[index], self.pool.t[index], self.pool.target[index])
+            per_input = self._mse(inputs.x, inputs.t, inputs.target)
+            result["distill"] = float(per_input.mean())
+            if self.sensitivity is not None:  # the loss the batches estimate: a proxy of final-sample MSE
+                weights = self.sensitivity.weights_at(inputs.t)
+                result["distill_weighted"] = float((per_input.double() * weights).sum() / weights.sum())
         if s.data_weight > 0:
             generator = torch.Generator().manual_seed(s.seed + 1)
             x, t, target = self.data_batch(generator, torch.arange(min(s.eval_size, self.images.shape[0])))
-            result["data"] = self._mse(x, t, target)
-        result["loss"] = s.distill_weight * result.get("distill", 0.0) + s.data_weight * result.get("data", 0.0)
+            result["data"] = float(self._mse(x, t, target).mean())
+        distill = result.get("distill_weighted", result.get("distill", 0.0))  # what the batches estimate
+        result["loss"] = s.distill_weight * distill + s.data_weight * result.get("data", 0.0)
         return result
 
-    def _mse(self, x: torch.Tensor, t: torch.Tensor, target: torch.Tensor) -> float:
+    def _mse(self, x: torch.Tensor, t: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-input MSE (CPU)."""
         outs = [self.snn(xc.to(self.device), tc.to(self.device)).sample.float().cpu()
                 for xc, tc in zip(x.split(TARGET_CHUNK), t.split(TARGET_CHUNK))]
-        return float(F.mse_loss(torch.cat(outs), target))
+        return (torch.cat(outs) - target).square().flatten(1).mean(dim=1)
 
     def state(self, identity: dict[str, Any], recipe: dict[str, Any], loss_before: dict[str, float]) -> dict[str, Any]:
-        return {"format": CHECKPOINT_FORMAT, **identity, "recipe": recipe,
+        sensitivity = self.sensitivity.to_json() if self.sensitivity is not None else None
+        return {"format": CHECKPOINT_FORMAT, **identity, "recipe": recipe, "step_sensitivity": sensitivity,
                 "trainable": {name: p.detach().cpu().clone() for name, p in self.named},
                 "loss_before": dict(loss_before), **self.common_state()}
 
@@ -206,6 +225,10 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
     pool_seconds = time.perf_counter() - started
     qat_distill = settings.method == "qat" and settings.distill_weight > 0
     held_out = held_out_inputs(settings, source, device) if qat_distill else None
+    sensitivity = None
+    if settings.step_weighting == "sensitivity" and settings.distill_weight > 0:
+        saved = resumed.get("step_sensitivity") if resumed is not None else None
+        sensitivity = StepSensitivity.from_json(saved) if saved else step_sensitivity(settings, snn, source, device)
     source.unet.to("cpu")
 
     refresh = None
@@ -213,7 +236,7 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
         def refresh(generation: int) -> Pool:
             return refresh_pool(trainer.pool, settings, source, device, generation)
     thresholds_before = qat.thresholds_of(snn)
-    trainer = Trainer(settings, snn, pool, images, schedule, device, refresh, held_out)
+    trainer = Trainer(settings, snn, pool, images, schedule, device, refresh, held_out, sensitivity)
     if resumed is not None:
         trainer.load_state(resumed)
         loss_before = resumed["loss_before"]
@@ -268,6 +291,11 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
     }
     if values:
         summary["tsm_mean_per_step"] = np.mean(np.array(list(values.values())), axis=0).tolist()
+    if sensitivity is not None:
+        summary["step_sensitivity"] = {"note": "per DDIM step of the fresh trajectories: the SNN's eps MSE, the "
+                                               "final-sample MSE with the SNN at that step only, their ratio (gain); "
+                                               "distillation inputs were drawn in proportion to the gain",
+                                       **sensitivity.to_json()}
     if settings.method == "qat":
         summary["threshold_change"] = {"note": "median new/old threshold ratio per layer kind and side",
                                        **qat.threshold_changes(thresholds_before, snn)}

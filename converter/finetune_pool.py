@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from sdm.calibration.record import CalibrationRecord
 from sdm.converter.finetune_settings import FinetuneError, FinetuneSettings
 from sdm.converter.model import SpikingUNet2DModel
+from sdm.converter.step_sensitivity import StepSensitivity, measure_step_sensitivity
 from sdm.core.diffusion import as_eps_function, initial_noise, run_trajectory, sample_shape, trajectory_length
 from sdm.core.image_data import ImageSource
 from sdm.pretrained.loading import SourceModel
@@ -116,3 +117,15 @@ def load_images(settings: FinetuneSettings, snn: SpikingUNet2DModel) -> torch.Te
         raise FinetuneError(f"--data needs a 3-channel (RGB) model; this one has {snn.config.in_channels} input channels")
     images = ImageSource(settings.data, limit=settings.data_limit, resolution=snn.config.sample_size).load()
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def step_sensitivity(settings: FinetuneSettings, snn: SpikingUNet2DModel, source: SourceModel,
+                     device: torch.device) -> StepSensitivity:
+    """The SNN's per-step sensitivity (converter/step_sensitivity.py) along --trajectory-steps DDIM
+    trajectories from --sensitivity-samples held-out noises (the seed of the held-out inputs).
+    QAT measures its twin in closed form (which its steps equal, at 1/T of the cost)."""
+    if settings.method == "qat":
+        snn.set_simulation("closed-form")
+    noise = initial_noise(settings.sensitivity_samples, sample_shape(source.unet), HELD_OUT_SEED).to(device)
+    return measure_step_sensitivity(as_eps_function(snn), as_eps_function(source.unet), noise, "ddim",
+                                    source.scheduler_config, settings.trajectory_steps)

@@ -16,10 +16,12 @@ QAT_WEIGHTS = ("none", "lora", "all")
 POOLS = ("record", "trajectories", "both")
 DEFAULT_POOL = {"tsm": "record", "qat": "trajectories"}
 DEFAULT_REFRESH = {"tsm": 0, "qat": 50}
+STEP_WEIGHTINGS = ("uniform", "sensitivity")
+DEFAULT_STEP_WEIGHTING = {"tsm": "uniform", "qat": "sensitivity"}
 # Options whose change would change the result: a resumed run must use the checkpoint's values.
 RECIPE_KEYS = ("method", "train", "weights", "rank", "lr", "weight_lr", "batch_size", "seed", "distill_weight",
                "data_weight", "data", "data_limit", "bf16", "ema", "grad_clip", "pool", "trajectories",
-               "trajectory_steps", "refresh_every", "eval_size")
+               "trajectory_steps", "refresh_every", "eval_size", "step_weighting", "sensitivity_samples")
 
 
 class FinetuneError(SdmError):
@@ -46,6 +48,8 @@ class FinetuneSettings(TrainingSettings):
     trajectory_steps: int = 10
     refresh_every: int | None = None  # None: the method's default (DEFAULT_REFRESH)
     eval_size: int = 16
+    step_weighting: str | None = None  # None: the method's default (DEFAULT_STEP_WEIGHTING)
+    sensitivity_samples: int = 8
 
     def __post_init__(self) -> None:
         e = FinetuneError
@@ -54,6 +58,11 @@ class FinetuneSettings(TrainingSettings):
             object.__setattr__(self, "pool", DEFAULT_POOL[self.method])
         if self.refresh_every is None:
             object.__setattr__(self, "refresh_every", DEFAULT_REFRESH[self.method])
+        if self.step_weighting is None:
+            object.__setattr__(self, "step_weighting", DEFAULT_STEP_WEIGHTING[self.method])
+        require(self.step_weighting in STEP_WEIGHTINGS,
+                f"--step-weighting must be one of {', '.join(STEP_WEIGHTINGS)}, got {self.step_weighting!r}", e)
+        at_least("--sensitivity-samples", self.sensitivity_samples, 1, e)
         require(self.method == "tsm" or self.train == "p",
                 "--train is for --method tsm: --method qat trains thresholds and bias corrections (plus --weights)", e)
         require(self.weights in QAT_WEIGHTS, f"--weights must be one of {', '.join(QAT_WEIGHTS)}, got {self.weights!r}", e)

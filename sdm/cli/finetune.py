@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sdm.cli.common import add_training_arguments, make_parser, run_command
 from sdm.converter.allocator import retain_freed_memory
-from sdm.converter.finetune_settings import METHODS, POOLS, QAT_WEIGHTS, TRAINABLE, FinetuneSettings
+from sdm.converter.finetune_settings import METHODS, POOLS, QAT_WEIGHTS, STEP_WEIGHTINGS, TRAINABLE, FinetuneSettings
 from sdm.pretrained.zoo import DEFAULT_MODEL
 
 PROG = "sdm-finetune"
@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refresh-every", type=int, default=None,
                         help="every N steps replace the pool's trajectories by fresh ones (new seeds); 0: never "
                              "(default: 50 for qat, 0 for tsm)")
+    parser.add_argument("--step-weighting", choices=STEP_WEIGHTINGS, default=None,
+                        help="how distillation inputs are drawn: uniform, or in proportion to how much an eps error "
+                             "at their sampling step costs the final sample, measured before training (default: "
+                             "sensitivity for qat, uniform for tsm)")
+    parser.add_argument("--sensitivity-samples", type=int, default=8,
+                        help="noises (held-out seed) of the step-sensitivity measurement")
     parser.add_argument("--eval-size", type=int, default=16, help="fixed inputs on which losses before/after are measured")
     add_training_arguments(parser, steps=500, batch_size=8, lr=1e-3, ema=0.0, checkpoint_every=100,
                            checkpoint="checkpoint.pt", seed_help="seed of batch sampling and data noise")

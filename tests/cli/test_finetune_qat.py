@@ -54,10 +54,16 @@ def tuned(folders, tmp_path_factory):
 
 def test_qat_lowers_the_held_out_loss_and_writes_a_plain_converted_folder(folders, tuned):
     summary = json.loads((tuned / "finetune.json").read_text())
-    assert summary["loss_after"]["distill"] < summary["loss_before"]["distill"], summary
+    assert summary["loss_after"]["distill_weighted"] < summary["loss_before"]["distill_weighted"], summary
+    assert summary["loss_after"]["loss"] == summary["loss_after"]["distill_weighted"]
     assert summary["recipe"]["method"] == "qat" and summary["recipe"]["pool"] == "trajectories"
     assert summary["seconds_per_step"] > 0 and "held-out" in summary["loss_note"]
     assert set(summary["threshold_change"]) >= {"down.norm1", "up.norm1", "out.conv_norm_out"}
+    sensitivity = summary["step_sensitivity"]  # qat's default: inputs drawn by their step's measured gain
+    assert summary["recipe"]["step_weighting"] == "sensitivity" and len(sensitivity["gains"]) == 4
+    assert sensitivity["timesteps"] == sorted(sensitivity["timesteps"], reverse=True)
+    assert all(g >= 0 for g in sensitivity["gains"]) and max(sensitivity["gains"]) > 0
+    assert "distill_weighted" in summary["loss_before"] and "distill_weighted" in summary["loss_after"]
     assert not (tuned / "tsm.json").exists()
     model = load_converted(tuned)
     assert not has_tsm(model) and model.config.provenance["finetune"]["method"] == "qat"
@@ -65,6 +71,12 @@ def test_qat_lowers_the_held_out_loss_and_writes_a_plain_converted_folder(folder
     assert set(before) == set(after)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.endswith(("threshold_pos", "threshold_neg", "output_shift")) for k in changed)  # --weights none
+
+
+def test_uniform_step_weighting_measures_no_sensitivity(folders, tmp_path):
+    assert tune(folders, tmp_path / "u", "--steps", "2", "--checkpoint-every", "0", "--step-weighting", "uniform") == 0
+    summary = json.loads((tmp_path / "u" / "finetune.json").read_text())
+    assert "step_sensitivity" not in summary and "distill_weighted" not in summary["loss_after"]
 
 
 def test_qat_folder_steps_equal_its_twin_and_take_tsm_and_onnx_on_top(folders, tuned, tmp_path):
