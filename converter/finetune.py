@@ -86,7 +86,7 @@ class Trainer(ResumableTrainer):
         if self.sensitivity is None:
             index = torch.randint(len(self.pool), (self.settings.batch_size,), generator=self.generator)
         else:
-            if self._weights is None or len(self._weights) != len(self.pool):
+            if self._weights is None:  # per pool generation (reset by each refresh)
                 self._weights = self.sensitivity.weights_at(self.pool.t)
             index = torch.multinomial(self._weights, self.settings.batch_size, replacement=True, generator=self.generator)
         return self.pool.x[index], self.pool.t[index], self.pool.target[index]
