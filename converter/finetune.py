@@ -5,8 +5,14 @@ the step simulation; "qat": train the quantised twin in closed form, one pass pe
 with fresh ANN trajectories every `refresh_every` steps and held-out before/after losses.
 
 Losses (weights `distill_weight`, `data_weight`):
-- distillation, no data needed: on x_t the source ANN visits along its own DDIM trajectories
-  (converter/finetune_pool.py), MSE(snn(x_t, t).sample, ann(x_t, t).sample);
+- distillation, no data needed (`distill_target`):
+  "eps": on x_t the source ANN visits along its own DDIM trajectories (converter/finetune_pool.py),
+  MSE(snn(x_t, t).sample, ann(x_t, t).sample);
+  "sample" (qat only): from fresh seeded noises, MSE between the twin's DDIM sample and the
+  ANN's, back-propagated through the twin's whole unrolled trajectory. Why: the per-step eps
+  errors of the twin are correlated from step to step, so they add up along the trajectory
+  (measured: after eps-QAT the sample error is 1.33x the sum of the one-step errors); only the
+  trajectory's own loss sees that, and it charges each step what it costs the sample;
 - data: the usual diffusion loss on real images, x_t ~ q(x_t | x_0) at uniform random training
   timesteps (the source's scheduler config from the SNN's provenance), MSE against the
   scheduler's prediction target (eps for the reference model).
@@ -33,14 +39,14 @@ from sdm.calibration.settings import CalibrationError
 from sdm.converter.export import check_same_source, load_converted
 from sdm.converter.finetune_outputs import CHECKPOINT, LOSS_COLUMNS, write_outputs
 from sdm.converter import qat
-from sdm.converter.finetune_pool import (TARGET_CHUNK, Pool, build_pool, held_out_inputs, load_images, refresh_pool,
-                                        step_sensitivity)
+from sdm.converter.finetune_pool import (TARGET_CHUNK, Pool, SampleTargets, ann_samples, build_pool, held_out_inputs,
+                                        held_out_samples, load_images, refresh_pool, step_sensitivity, training_noises)
 from sdm.converter.finetune_settings import FinetuneError, FinetuneSettings
 from sdm.converter.model import SpikingUNet2DModel
 from sdm.converter.step_sensitivity import StepSensitivity
 from sdm.converter.tsm import clamp_thresholds_, freeze, set_trainable, tsm_values
 from sdm.core.devices import resolve_device
-from sdm.core.diffusion import to_model_range, training_example
+from sdm.core.diffusion import run_trajectory, sample_shape, to_model_range, training_example
 from sdm.core.training import (ResumableTrainer, check_output_folder, check_recipe, device_name, load_checkpoint,
                                run_steps, save_checkpoint, write_loss_log)
 from sdm.pretrained.loading import SourceModel, load_source_model, state_dict_fingerprint
@@ -66,10 +72,12 @@ class Trainer(ResumableTrainer):
 
     def __init__(self, settings: FinetuneSettings, snn: SpikingUNet2DModel, pool: Pool, images: torch.Tensor | None,
                  schedule: DDPMScheduler, device: torch.device, refresh=None, held_out: Pool | None = None,
-                 sensitivity: StepSensitivity | None = None) -> None:
+                 sensitivity: StepSensitivity | None = None, source: SourceModel | None = None,
+                 held_out_sample: SampleTargets | None = None) -> None:
         """`refresh(generation)`: the pool of that generation of fresh trajectories (every
         --refresh-every steps); `held_out`: fixed inputs for `evaluate` instead of pool inputs;
-        `sensitivity`: draw distillation inputs in proportion to their step's gain (else uniformly)."""
+        `sensitivity`: draw distillation inputs in proportion to their step's gain (else uniformly);
+        `source` (on `device`) and `held_out_sample`: the sample target's teacher and fixed noises."""
         if settings.method == "qat":
             named = qat.prepare(snn, settings.weights, settings.rank, settings.seed)
             groups = qat.parameter_groups(named, settings.lr, settings.weight_lr)
@@ -80,6 +88,7 @@ class Trainer(ResumableTrainer):
         self.settings, self.snn, self.pool, self.images, self.schedule = settings, snn, pool, images, schedule
         self.refresh, self.held_out, self.generation = refresh, held_out, 0
         self.sensitivity, self._weights = sensitivity, None
+        self.source, self.held_out_sample = source, held_out_sample
         self.params = [p for _, p in named]
 
     def distill_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -102,6 +111,25 @@ class Trainer(ResumableTrainer):
             out = self.snn(x.to(self.device), t.to(self.device)).sample
         return out.float()
 
+    def unrolled_sample(self, noise: torch.Tensor, differentiable: bool) -> torch.Tensor:
+        """The twin's DDIM sample from `noise` (clipped to the image range). Differentiable: every
+        step's UNet pass is recomputed in the backward pass (activation checkpointing), so memory
+        holds one pass's activations instead of --trajectory-steps of them."""
+        def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if not differentiable:
+                return self.predict(x, t)
+            return torch.utils.checkpoint.checkpoint(self.predict, x, t, use_reentrant=False)
+
+        sample = run_trajectory(eps, noise.to(self.device), "ddim", self.source.scheduler_config,
+                                self.settings.trajectory_steps, differentiable=differentiable)
+        return sample.clamp(-1, 1)
+
+    def sample_distill_loss(self) -> torch.Tensor:
+        """MSE between the twin's and the ANN's samples from this step's fresh noises."""
+        noise = training_noises(self.settings, sample_shape(self.source.unet), self.step)
+        target = ann_samples(self.source, noise, self.settings.trajectory_steps, self.device)
+        return F.mse_loss(self.unrolled_sample(noise, differentiable=True), target.to(self.device))
+
     def train_step(self) -> list[float]:
         s = self.settings
         if self.refresh is not None and self.step // s.refresh_every != self.generation:
@@ -109,7 +137,9 @@ class Trainer(ResumableTrainer):
             self.pool, self._weights = self.refresh(self.generation), None
         self.optimizer.zero_grad(set_to_none=True)
         distill = data = torch.zeros((), device=self.device)
-        if s.distill_weight > 0:
+        if s.distill_weight > 0 and s.distill_target == "sample":
+            distill = self.sample_distill_loss()
+        elif s.distill_weight > 0:
             x, t, target = self.distill_batch()
             distill = F.mse_loss(self.predict(x, t), target.to(self.device))
         if s.data_weight > 0:
@@ -137,11 +167,16 @@ class Trainer(ResumableTrainer):
             if self.sensitivity is not None:  # the loss the batches estimate: a proxy of final-sample MSE
                 weights = self.sensitivity.weights_at(inputs.t)
                 result["distill_weighted"] = float((per_input.double() * weights).sum() / weights.sum())
+            if self.held_out_sample is not None:  # the sample target's own loss
+                samples = torch.cat([self.unrolled_sample(chunk, differentiable=False).float().cpu()
+                                     for chunk in self.held_out_sample.noise.split(TARGET_CHUNK)])
+                result["distill_sample"] = float((samples - self.held_out_sample.sample).square().mean())
         if s.data_weight > 0:
             generator = torch.Generator().manual_seed(s.seed + 1)
             x, t, target = self.data_batch(generator, torch.arange(min(s.eval_size, self.images.shape[0])))
             result["data"] = float(self._mse(x, t, target).mean())
-        distill = result.get("distill_weighted", result.get("distill", 0.0))  # what the batches estimate
+        # what the batches estimate
+        distill = result.get("distill_sample", result.get("distill_weighted", result.get("distill", 0.0)))
         result["loss"] = s.distill_weight * distill + s.data_weight * result.get("data", 0.0)
         return result
 
@@ -221,22 +256,27 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
     source = resolve_ann(settings, snn)
     source.unet.to(device)
     started = time.perf_counter()
-    pool = build_pool(settings, source, record, device) if settings.distill_weight > 0 else Pool.empty()
+    distill_samples = settings.distill_weight > 0 and settings.distill_target == "sample"
+    eps_pool = settings.distill_weight > 0 and not distill_samples
+    pool = build_pool(settings, source, record, device) if eps_pool else Pool.empty()
     pool_seconds = time.perf_counter() - started
     qat_distill = settings.method == "qat" and settings.distill_weight > 0
     held_out = held_out_inputs(settings, source, device) if qat_distill else None
+    held_out_sample = held_out_samples(settings, source, device) if distill_samples else None
     sensitivity = None
     if settings.step_weighting == "sensitivity" and settings.distill_weight > 0:
         saved = resumed.get("step_sensitivity") if resumed is not None else None
         sensitivity = StepSensitivity.from_json(saved) if saved else step_sensitivity(settings, snn, source, device)
-    source.unet.to("cpu")
+    if not distill_samples:  # the sample target's teacher samples fresh noises every step
+        source.unet.to("cpu")
 
     refresh = None
     if settings.refresh_every and settings.distill_weight > 0:
         def refresh(generation: int) -> Pool:
             return refresh_pool(trainer.pool, settings, source, device, generation)
     thresholds_before = qat.thresholds_of(snn)
-    trainer = Trainer(settings, snn, pool, images, schedule, device, refresh, held_out, sensitivity)
+    trainer = Trainer(settings, snn, pool, images, schedule, device, refresh, held_out, sensitivity,
+                      source if distill_samples else None, held_out_sample)
     if resumed is not None:
         trainer.load_state(resumed)
         loss_before = resumed["loss_before"]
@@ -280,13 +320,15 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
         "seconds_per_step": sum(step_times) / len(step_times) if step_times else None,
         "seconds_per_step_after_first": (sum(step_times[1:]) / (len(step_times) - 1)) if len(step_times) > 1 else None,
         "seconds_per_step_all_runs": trainer.seconds / trainer.step if trainer.step else None,
-        "distillation_inputs": len(pool),
+        "distillation_inputs": trainer.step * settings.batch_size if distill_samples else len(pool),
         "loss_before": loss_before,
         "loss_after": loss_after,
         "loss_note": "fp32 losses of the saved model (EMA values if --ema) on fixed inputs: "
                      + ("held-out ANN trajectories (seed 999, never trained on), computed in closed form (the "
                         "quantised twin, which the step simulation equals)" if qat_distill else
                         "evenly spread distillation-pool inputs")
+                     + ("; distill_sample: MSE of the DDIM samples from --eval-size held-out noises (seed 999) "
+                        "against the ANN's, the sample target's loss" if distill_samples else "")
                      + (" and the first data images with seeded noise" if settings.data_weight > 0 else ""),
     }
     if values:

@@ -1,8 +1,11 @@
-"""The inputs fine-tuning learns from: distillation x_t with the ANN's predictions, and real images.
+"""The inputs fine-tuning learns from: distillation x_t with the ANN's predictions, seeded noises
+with the ANN's final samples, and real images.
 
 The pool holds x_t the source ANN visits along its own DDIM trajectories (the calibration
 record's stored inputs and/or fresh trajectories from seeded noise), with the ANN's targets
-computed once up front on the CPU.
+computed once up front on the CPU. The sample target (`--distill-target sample`) draws fresh
+noises every step instead (`training_noises`: a function of seed and step, so a resumed run
+draws the same ones) and the ANN's DDIM samples from them (`ann_samples`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from sdm.pretrained.loading import SourceModel
 TRAJECTORY_SEED_OFFSET = 1000  # fresh trajectories start away from the noise seeds evaluations use (0, 1, ...)
 GENERATION_SEED_STRIDE = 7919  # generation g of fresh trajectories: seed 1000 + --seed + g * stride
 HELD_OUT_SEED = 999  # QAT's fixed held-out distillation inputs: trajectories no generation trains on
+NOISE_SEED_OFFSET = 100_000  # the sample target's training noises: seed 100000 + --seed * 1000003 + step
+NOISE_SEED_STRIDE = 1_000_003
 TARGET_CHUNK = 16
 
 
@@ -109,6 +114,35 @@ def held_out_inputs(settings: FinetuneSettings, source: SourceModel, device: tor
     pool = ann_trajectories(source, count, settings.trajectory_steps, HELD_OUT_SEED, device)
     index = torch.linspace(0, len(pool) - 1, min(settings.eval_size, len(pool))).round().long().unique()
     return Pool(pool.x[index], pool.t[index], pool.target[index])
+
+
+@dataclass
+class SampleTargets:
+    """Starting noises and the ANN's final DDIM samples from them (CPU)."""
+
+    noise: torch.Tensor
+    sample: torch.Tensor
+
+
+def training_noises(settings: FinetuneSettings, shape: tuple[int, ...], step: int) -> torch.Tensor:
+    """The --batch-size starting noises of training step `step` (sample target): never the
+    evaluations' seeds (0, 1, ...), the held-out seed or a trajectory generation's."""
+    return initial_noise(settings.batch_size, shape, NOISE_SEED_OFFSET + settings.seed * NOISE_SEED_STRIDE + step)
+
+
+@torch.no_grad()
+def ann_samples(source: SourceModel, noise: torch.Tensor, steps: int, device: torch.device) -> torch.Tensor:
+    """The ANN's DDIM (eta 0) samples from `noise`, clipped to the image range, on the CPU."""
+    outs = [run_trajectory(as_eps_function(source.unet), chunk.to(device), "ddim", source.scheduler_config, steps)
+            for chunk in noise.split(TARGET_CHUNK)]
+    return torch.cat(outs).float().clamp(-1, 1).cpu()
+
+
+def held_out_samples(settings: FinetuneSettings, source: SourceModel, device: torch.device) -> SampleTargets:
+    """Fixed held-out noises (--eval-size, the held-out seed) and the ANN's samples from them:
+    the sample target's before/after loss."""
+    noise = initial_noise(settings.eval_size, sample_shape(source.unet), HELD_OUT_SEED)
+    return SampleTargets(noise, ann_samples(source, noise, settings.trajectory_steps, device))
 
 
 def load_images(settings: FinetuneSettings, snn: SpikingUNet2DModel) -> torch.Tensor:

@@ -18,10 +18,14 @@ DEFAULT_POOL = {"tsm": "record", "qat": "trajectories"}
 DEFAULT_REFRESH = {"tsm": 0, "qat": 50}
 STEP_WEIGHTINGS = ("uniform", "sensitivity")
 DEFAULT_STEP_WEIGHTING = {"tsm": "uniform", "qat": "sensitivity"}
+# eps: the ANN's eps on x_t of its own trajectories (the pool); sample: the ANN's final sample from
+# the same noise, back-propagated through the twin's whole unrolled trajectory (fresh noises each step).
+DISTILL_TARGETS = ("eps", "sample")
+SAMPLE_INPUTS = "noises"  # the `pool` a sample-target run records: fresh seeded noises every step
 # Options whose change would change the result: a resumed run must use the checkpoint's values.
 RECIPE_KEYS = ("method", "train", "weights", "rank", "lr", "weight_lr", "batch_size", "seed", "distill_weight",
                "data_weight", "data", "data_limit", "bf16", "ema", "grad_clip", "pool", "trajectories",
-               "trajectory_steps", "refresh_every", "eval_size", "step_weighting", "sensitivity_samples")
+               "trajectory_steps", "refresh_every", "eval_size", "step_weighting", "sensitivity_samples", "distill_target")
 
 
 class FinetuneError(SdmError):
@@ -50,10 +54,15 @@ class FinetuneSettings(TrainingSettings):
     eval_size: int = 16
     step_weighting: str | None = None  # None: the method's default (DEFAULT_STEP_WEIGHTING)
     sensitivity_samples: int = 8
+    distill_target: str = "eps"
 
     def __post_init__(self) -> None:
         e = FinetuneError
         require(self.method in METHODS, f"--method must be one of {', '.join(METHODS)}, got {self.method!r}", e)
+        require(self.distill_target in DISTILL_TARGETS,
+                f"--distill-target must be one of {', '.join(DISTILL_TARGETS)}, got {self.distill_target!r}", e)
+        if self.distill_target == "sample":
+            self._resolve_sample_target(e)
         if self.pool is None:
             object.__setattr__(self, "pool", DEFAULT_POOL[self.method])
         if self.refresh_every is None:
@@ -74,7 +83,7 @@ class FinetuneSettings(TrainingSettings):
         require(self.refresh_every == 0 or self.pool != "record",
                 "--refresh-every replaces fresh trajectories: it needs --pool trajectories or both", e)
         require(self.train in TRAINABLE, f"--train must be one of {', '.join(TRAINABLE)}, got {self.train!r}", e)
-        require(self.pool in POOLS, f"--pool must be one of {', '.join(POOLS)}, got {self.pool!r}", e)
+        require(self.pool in POOLS or self.pool == SAMPLE_INPUTS, f"--pool must be one of {', '.join(POOLS)}, got {self.pool!r}", e)
         at_least("--distill-weight", self.distill_weight, 0, e)
         at_least("--data-weight", self.data_weight, 0, e)
         require(self.distill_weight > 0 or self.data_weight > 0,
@@ -88,6 +97,19 @@ class FinetuneSettings(TrainingSettings):
         require(Path(self.out).resolve() != Path(self.snn).resolve(),
                 "--out must differ from --snn (the input model is never modified)", e)
         self.check_training(e)
+
+    def _resolve_sample_target(self, e: type[FinetuneError]) -> None:
+        """The sample target draws fresh noises each step and charges every step its effect on the
+        final sample itself: the eps pool's options and the step weighting do not apply."""
+        require(self.method == "qat", "--distill-target sample is for --method qat (it unrolls the twin's trajectory, "
+                                      "one pass per DDIM step; TSM would take T)", e)
+        for option, value in (("--pool", self.pool), ("--refresh-every", self.refresh_every),
+                              ("--step-weighting", self.step_weighting)):
+            require(value is None, f"{option} chooses or weights eps-distillation inputs; --distill-target sample "
+                                   f"distils final samples from fresh noises (drop {option})", e)
+        object.__setattr__(self, "pool", SAMPLE_INPUTS)
+        object.__setattr__(self, "refresh_every", 0)
+        object.__setattr__(self, "step_weighting", "uniform")
 
     def recipe(self) -> dict[str, Any]:
         """The options a checkpoint records and a resumed run must match."""

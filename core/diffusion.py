@@ -53,25 +53,28 @@ def initial_noise(num_samples: int, shape: tuple[int, ...], seed: int) -> torch.
     return torch.randn((num_samples, *shape), generator=torch.Generator().manual_seed(seed))
 
 
-@torch.no_grad()
 def run_trajectory(unet: EpsFunction, x: torch.Tensor, sampler: str, scheduler_config: dict, steps: int,
-                   generator: torch.Generator | None = None, observe: StepObserver | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, observe: StepObserver | None = None,
+                   differentiable: bool = False) -> torch.Tensor:
     """Walk one batch from noise `x` to a sample; `observe(step, t, model_input, eps)` sees every step.
 
     A fresh scheduler per call (multistep solvers keep history); `generator` drives the
-    stochastic DDPM sampler; DDIM runs with eta 0 (deterministic).
+    stochastic DDPM sampler; DDIM runs with eta 0 (deterministic). `differentiable`: keep the
+    autograd graph through every step (QAT's sample distillation back-propagates the final
+    sample's error through the whole trajectory); otherwise no graph is built.
     """
     scheduler = make_sampler(sampler, scheduler_config, steps)
-    x = x * scheduler.init_noise_sigma
-    for step, t in enumerate(scheduler.timesteps):
-        model_input = scheduler.scale_model_input(x, t)
-        eps = unet(model_input, t)
-        if observe is not None:
-            observe(step, t, model_input, eps)
-        kwargs = {"eta": 0.0} if sampler == "ddim" else {}
-        if sampler == "ddpm":
-            kwargs["generator"] = generator
-        x = scheduler.step(eps, t, x, **kwargs).prev_sample
+    with torch.set_grad_enabled(differentiable):
+        x = x * scheduler.init_noise_sigma
+        for step, t in enumerate(scheduler.timesteps):
+            model_input = scheduler.scale_model_input(x, t)
+            eps = unet(model_input, t)
+            if observe is not None:
+                observe(step, t, model_input, eps)
+            kwargs = {"eta": 0.0} if sampler == "ddim" else {}
+            if sampler == "ddpm":
+                kwargs["generator"] = generator
+            x = scheduler.step(eps, t, x, **kwargs).prev_sample
     return x
 
 

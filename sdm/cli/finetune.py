@@ -16,7 +16,8 @@ from pathlib import Path
 
 from sdm.cli.common import add_training_arguments, make_parser, run_command
 from sdm.converter.allocator import retain_freed_memory
-from sdm.converter.finetune_settings import METHODS, POOLS, QAT_WEIGHTS, STEP_WEIGHTINGS, TRAINABLE, FinetuneSettings
+from sdm.converter.finetune_settings import (DISTILL_TARGETS, METHODS, POOLS, QAT_WEIGHTS, STEP_WEIGHTINGS, TRAINABLE,
+                                             FinetuneSettings)
 from sdm.pretrained.zoo import DEFAULT_MODEL
 
 PROG = "sdm-finetune"
@@ -60,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "sensitivity for qat, uniform for tsm)")
     parser.add_argument("--sensitivity-samples", type=int, default=8,
                         help="noises (held-out seed) of the step-sensitivity measurement")
+    parser.add_argument("--distill-target", choices=DISTILL_TARGETS, default="eps",
+                        help="--method qat: distil the ANN's eps on x_t of its trajectories (eps), or its final DDIM "
+                             "sample from the same fresh noise, back-propagated through the twin's whole unrolled "
+                             "trajectory of --trajectory-steps steps (sample: --batch-size noises per step, one "
+                             "twin pass per DDIM step)")
     parser.add_argument("--eval-size", type=int, default=16, help="fixed inputs on which losses before/after are measured")
     add_training_arguments(parser, steps=500, batch_size=8, lr=1e-3, ema=0.0, checkpoint_every=100,
                            checkpoint="checkpoint.pt", seed_help="seed of batch sampling and data noise")
@@ -68,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def label(args: argparse.Namespace) -> str:
     """What a run trains, in a few words."""
-    return f"qat, weights {args.weights}" if args.method == "qat" else args.train
+    return f"qat, weights {args.weights}, {args.distill_target} target" if args.method == "qat" else args.train
 
 
 def main(argv: list[str] | None = None) -> int:

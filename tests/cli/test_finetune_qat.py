@@ -79,6 +79,21 @@ def test_uniform_step_weighting_measures_no_sensitivity(folders, tmp_path):
     assert "step_sensitivity" not in summary and "distill_weighted" not in summary["loss_after"]
 
 
+def test_sample_target_lowers_the_held_out_sample_loss_and_steps_equal_the_twin(folders, tmp_path):
+    out = tmp_path / "sample"
+    assert tune(folders, out, "--distill-target", "sample", "--steps", "6", "--batch-size", "2",
+                "--eval-size", "4", "--checkpoint-every", "0") == 0
+    summary = json.loads((out / "finetune.json").read_text())
+    before, after = summary["loss_before"], summary["loss_after"]
+    assert after["distill_sample"] < before["distill_sample"], summary
+    assert after["loss"] == after["distill_sample"] and "distill" in after  # the eps loss is still reported
+    assert summary["recipe"]["distill_target"] == "sample" and summary["recipe"]["pool"] == "noises"
+    assert summary["distillation_inputs"] == 12 and "step_sensitivity" not in summary
+    assert "distill_sample" in summary["loss_note"]
+    steps, twin = steps_and_twin(load_converted(out))
+    torch.testing.assert_close(steps, twin, rtol=0, atol=1e-9)
+
+
 def test_qat_folder_steps_equal_its_twin_and_take_tsm_and_onnx_on_top(folders, tuned, tmp_path):
     steps, twin = steps_and_twin(load_converted(tuned))
     torch.testing.assert_close(steps, twin, rtol=0, atol=1e-9)
@@ -90,9 +105,10 @@ def test_qat_folder_steps_equal_its_twin_and_take_tsm_and_onnx_on_top(folders, t
     assert code == 0 and has_tsm(load_converted(tmp_path / "tsm"))
 
 
-def test_qat_resume_equals_an_uninterrupted_run(folders, tmp_path, monkeypatch):
-    options = ["--steps", "6", "--checkpoint-every", "2", "--refresh-every", "3", "--weights", "lora", "--rank", "2",
-               "--ema", "0.5"]
+@pytest.mark.parametrize("target", [["--refresh-every", "3"], ["--distill-target", "sample", "--batch-size", "2",
+                                                                   "--eval-size", "2"]], ids=["eps", "sample"])
+def test_qat_resume_equals_an_uninterrupted_run(folders, tmp_path, monkeypatch, target):
+    options = ["--steps", "6", "--checkpoint-every", "2", *target, "--weights", "lora", "--rank", "2", "--ema", "0.5"]
     assert tune(folders, tmp_path / "straight", *options) == 0
     original, calls = finetune.Trainer.train_step, []
 

@@ -32,6 +32,20 @@ def test_the_trajectory_equals_diffusers_ddim_pipeline(tiny_source):
     assert [s for s, _ in seen] == [0, 1, 2] and seen[0][1] > seen[-1][1]
 
 
+def test_a_differentiable_trajectory_is_the_same_walk_with_gradients(tiny_source):
+    noise = initial_noise(2, sample_shape(tiny_source.unet), 3)
+    eps = lambda x, t: tiny_source.unet(x, t).sample
+    plain = run_trajectory(eps, noise, "ddim", tiny_source.scheduler_config, 3)
+    assert not plain.requires_grad  # no graph unless asked, even with parameters that need gradients
+    start = noise.clone().requires_grad_(True)
+    walked = run_trajectory(eps, start, "ddim", tiny_source.scheduler_config, 3, differentiable=True)
+    torch.testing.assert_close(walked.detach(), plain, rtol=0, atol=1e-6)
+    walked.square().sum().backward()
+    assert start.grad is not None and start.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in tiny_source.unet.parameters() if p.requires_grad)
+    tiny_source.unet.zero_grad(set_to_none=True)
+
+
 def test_forward_noising_is_q_of_x_t_given_x_0():
     schedule = DDPMScheduler(num_train_timesteps=1000)
     x0, t = torch.rand(3, 3, 4, 4) * 2 - 1, torch.tensor([0, 500, 999])
