@@ -46,7 +46,7 @@ from sdm.converter.model import SpikingUNet2DModel
 from sdm.converter.step_sensitivity import StepSensitivity
 from sdm.converter.tsm import clamp_thresholds_, freeze, set_trainable, tsm_values
 from sdm.core.devices import resolve_device
-from sdm.core.diffusion import run_trajectory, sample_shape, to_model_range, training_example
+from sdm.core.diffusion import recomputed, run_trajectory, sample_shape, to_model_range, training_example
 from sdm.core.training import (ResumableTrainer, check_output_folder, check_recipe, device_name, load_checkpoint,
                                run_steps, save_checkpoint, write_loss_log)
 from sdm.pretrained.loading import SourceModel, load_source_model, state_dict_fingerprint
@@ -113,22 +113,22 @@ class Trainer(ResumableTrainer):
 
     def unrolled_sample(self, noise: torch.Tensor, differentiable: bool) -> torch.Tensor:
         """The twin's DDIM sample from `noise` (clipped to the image range). Differentiable: every
-        step's UNet pass is recomputed in the backward pass (activation checkpointing), so memory
-        holds one pass's activations instead of --trajectory-steps of them."""
-        def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            if not differentiable:
-                return self.predict(x, t)
-            return torch.utils.checkpoint.checkpoint(self.predict, x, t, use_reentrant=False)
-
+        step's UNet pass is recomputed in the backward pass, so memory holds one pass's
+        activations instead of --trajectory-steps of them."""
+        eps = recomputed(self.predict) if differentiable else self.predict
         sample = run_trajectory(eps, noise.to(self.device), "ddim", self.source.scheduler_config,
                                 self.settings.trajectory_steps, differentiable=differentiable)
         return sample.clamp(-1, 1)
 
     def sample_distill_loss(self) -> torch.Tensor:
-        """MSE between the twin's and the ANN's samples from this step's fresh noises."""
+        """The twin's samples against the ANN's from this step's fresh noises: their MSE, or
+        (--sample-loss psnr) the mean of each sample's log MSE, -PSNR up to a constant: a sample
+        whose trajectory left the ANN's for another image then weighs what any other does,
+        instead of dominating the gradient with an error no small change can remove."""
         noise = training_noises(self.settings, sample_shape(self.source.unet), self.step)
         target = ann_samples(self.source, noise, self.settings.trajectory_steps, self.device)
-        return F.mse_loss(self.unrolled_sample(noise, differentiable=True), target.to(self.device))
+        error = (self.unrolled_sample(noise, differentiable=True) - target.to(self.device)).square().flatten(1).mean(1)
+        return error.clamp_min(1e-12).log().mean() if self.settings.sample_loss == "psnr" else error.mean()
 
     def train_step(self) -> list[float]:
         s = self.settings
@@ -170,13 +170,17 @@ class Trainer(ResumableTrainer):
             if self.held_out_sample is not None:  # the sample target's own loss
                 samples = torch.cat([self.unrolled_sample(chunk, differentiable=False).float().cpu()
                                      for chunk in self.held_out_sample.noise.split(TARGET_CHUNK)])
-                result["distill_sample"] = float((samples - self.held_out_sample.sample).square().mean())
+                error = (samples - self.held_out_sample.sample).square().flatten(1).mean(1).double()
+                result["distill_sample"] = float(error.mean())
+                result["distill_sample_log"] = float(error.clamp_min(1e-12).log().mean())
+                result["sample_psnr_db"] = float((10 * torch.log10(4 / error.clamp_min(1e-12))).mean())
         if s.data_weight > 0:
             generator = torch.Generator().manual_seed(s.seed + 1)
             x, t, target = self.data_batch(generator, torch.arange(min(s.eval_size, self.images.shape[0])))
             result["data"] = float(self._mse(x, t, target).mean())
         # what the batches estimate
-        distill = result.get("distill_sample", result.get("distill_weighted", result.get("distill", 0.0)))
+        sample_key = "distill_sample_log" if s.sample_loss == "psnr" else "distill_sample"
+        distill = result.get(sample_key, result.get("distill_weighted", result.get("distill", 0.0)))
         result["loss"] = s.distill_weight * distill + s.data_weight * result.get("data", 0.0)
         return result
 

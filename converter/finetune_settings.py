@@ -21,11 +21,13 @@ DEFAULT_STEP_WEIGHTING = {"tsm": "uniform", "qat": "sensitivity"}
 # eps: the ANN's eps on x_t of its own trajectories (the pool); sample: the ANN's final sample from
 # the same noise, back-propagated through the twin's whole unrolled trajectory (fresh noises each step).
 DISTILL_TARGETS = ("eps", "sample")
+SAMPLE_LOSSES = ("mse", "psnr")  # psnr: the mean over samples of log MSE (each sample's PSNR counts alike)
 SAMPLE_INPUTS = "noises"  # the `pool` a sample-target run records: fresh seeded noises every step
 # Options whose change would change the result: a resumed run must use the checkpoint's values.
 RECIPE_KEYS = ("method", "train", "weights", "rank", "lr", "weight_lr", "batch_size", "seed", "distill_weight",
                "data_weight", "data", "data_limit", "bf16", "ema", "grad_clip", "pool", "trajectories",
-               "trajectory_steps", "refresh_every", "eval_size", "step_weighting", "sensitivity_samples", "distill_target")
+               "trajectory_steps", "refresh_every", "eval_size", "step_weighting", "sensitivity_samples", "distill_target",
+               "sample_loss")
 
 
 class FinetuneError(SdmError):
@@ -55,12 +57,17 @@ class FinetuneSettings(TrainingSettings):
     step_weighting: str | None = None  # None: the method's default (DEFAULT_STEP_WEIGHTING)
     sensitivity_samples: int = 8
     distill_target: str = "eps"
+    sample_loss: str = "mse"
 
     def __post_init__(self) -> None:
         e = FinetuneError
         require(self.method in METHODS, f"--method must be one of {', '.join(METHODS)}, got {self.method!r}", e)
         require(self.distill_target in DISTILL_TARGETS,
                 f"--distill-target must be one of {', '.join(DISTILL_TARGETS)}, got {self.distill_target!r}", e)
+        require(self.sample_loss in SAMPLE_LOSSES,
+                f"--sample-loss must be one of {', '.join(SAMPLE_LOSSES)}, got {self.sample_loss!r}", e)
+        require(self.sample_loss == "mse" or self.distill_target == "sample",
+                "--sample-loss is the loss of --distill-target sample", e)
         if self.distill_target == "sample":
             self._resolve_sample_target(e)
         if self.pool is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.utils.checkpoint
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from sdm.core.errors import SdmError
@@ -38,6 +39,12 @@ def make_sampler(name: str, scheduler_config: dict, steps: int):
 def as_eps_function(model: torch.nn.Module) -> EpsFunction:
     """Adapt a diffusers-style model (`model(x, t).sample`) to the trajectory's callable."""
     return lambda x, t: model(x, t).sample
+
+
+def recomputed(eps: EpsFunction) -> EpsFunction:
+    """`eps` under activation checkpointing: its activations are recomputed in the backward pass,
+    so a differentiable trajectory holds one UNet pass's activations instead of one per step."""
+    return lambda x, t: torch.utils.checkpoint.checkpoint(eps, x, t, use_reentrant=False)
 
 
 def sample_shape(unet: torch.nn.Module) -> tuple[int, int, int]:

@@ -283,6 +283,8 @@ ROWS: list[tuple[str, str, list[str], str, str | None]] = [
     ("finetune-sample-target-step-weighting", "sdm-finetune",
      [*FINETUNE[:-2], "--method", "qat", "--distill-target", "sample", "--step-weighting", "sensitivity"],
      "drop --step-weighting", None),
+    ("finetune-sample-loss-without-sample-target", "sdm-finetune", [*FINETUNE, "--method", "qat", "--sample-loss", "psnr"],
+     "--sample-loss is the loss of --distill-target sample", None),
     ("finetune-bad-distill-target", "sdm-finetune", [*FINETUNE, "--distill-target", "noise"],
      "invalid choice: 'noise'", None),
     ("finetune-qat-rank-0", "sdm-finetune", [*FINETUNE, "--method", "qat", "--rank", "0"], r"--rank must be >= 1", None),

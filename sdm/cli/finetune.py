@@ -16,8 +16,8 @@ from pathlib import Path
 
 from sdm.cli.common import add_training_arguments, make_parser, run_command
 from sdm.converter.allocator import retain_freed_memory
-from sdm.converter.finetune_settings import (DISTILL_TARGETS, METHODS, POOLS, QAT_WEIGHTS, STEP_WEIGHTINGS, TRAINABLE,
-                                             FinetuneSettings)
+from sdm.converter.finetune_settings import (DISTILL_TARGETS, METHODS, POOLS, QAT_WEIGHTS, SAMPLE_LOSSES, STEP_WEIGHTINGS,
+                                             TRAINABLE, FinetuneSettings)
 from sdm.pretrained.zoo import DEFAULT_MODEL
 
 PROG = "sdm-finetune"
@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "sample from the same fresh noise, back-propagated through the twin's whole unrolled "
                              "trajectory of --trajectory-steps steps (sample: --batch-size noises per step, one "
                              "twin pass per DDIM step)")
+    parser.add_argument("--sample-loss", choices=SAMPLE_LOSSES, default="mse",
+                        help="--distill-target sample: the batch's MSE, or psnr: the mean of each sample's log MSE "
+                             "(its PSNR against the ANN, up to sign and scale), so that a sample whose trajectory "
+                             "went to another image does not dominate the gradient")
     parser.add_argument("--eval-size", type=int, default=16, help="fixed inputs on which losses before/after are measured")
     add_training_arguments(parser, steps=500, batch_size=8, lr=1e-3, ema=0.0, checkpoint_every=100,
                            checkpoint="checkpoint.pt", seed_help="seed of batch sampling and data noise")

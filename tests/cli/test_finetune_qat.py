@@ -89,7 +89,7 @@ def test_sample_target_lowers_the_held_out_sample_loss_and_steps_equal_the_twin(
     assert after["loss"] == after["distill_sample"] and "distill" in after  # the eps loss is still reported
     assert summary["recipe"]["distill_target"] == "sample" and summary["recipe"]["pool"] == "noises"
     assert summary["distillation_inputs"] == 12 and "step_sensitivity" not in summary
-    assert "distill_sample" in summary["loss_note"]
+    assert "distill_sample" in summary["loss_note"] and after["sample_psnr_db"] > before["sample_psnr_db"]
     steps, twin = steps_and_twin(load_converted(out))
     torch.testing.assert_close(steps, twin, rtol=0, atol=1e-9)
 
@@ -106,7 +106,8 @@ def test_qat_folder_steps_equal_its_twin_and_take_tsm_and_onnx_on_top(folders, t
 
 
 @pytest.mark.parametrize("target", [["--refresh-every", "3"], ["--distill-target", "sample", "--batch-size", "2",
-                                                                   "--eval-size", "2"]], ids=["eps", "sample"])
+                                                                   "--eval-size", "2", "--sample-loss", "psnr"]],
+                         ids=["eps", "sample"])
 def test_qat_resume_equals_an_uninterrupted_run(folders, tmp_path, monkeypatch, target):
     options = ["--steps", "6", "--checkpoint-every", "2", *target, "--weights", "lora", "--rank", "2", "--ema", "0.5"]
     assert tune(folders, tmp_path / "straight", *options) == 0

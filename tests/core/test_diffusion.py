@@ -9,6 +9,7 @@ from sdm.core.diffusion import (
     forward_noising,
     initial_noise,
     make_sampler,
+    recomputed,
     run_trajectory,
     sample_shape,
     to_model_range,
@@ -44,6 +45,19 @@ def test_a_differentiable_trajectory_is_the_same_walk_with_gradients(tiny_source
     assert start.grad is not None and start.grad.abs().sum() > 0
     assert all(p.grad is not None for p in tiny_source.unet.parameters() if p.requires_grad)
     tiny_source.unet.zero_grad(set_to_none=True)
+
+
+def test_recomputed_activations_give_the_same_trajectory_gradients(tiny_source):
+    noise = initial_noise(2, sample_shape(tiny_source.unet), 4)
+    eps = lambda x, t: tiny_source.unet(x, t).sample
+    grads = []
+    for fn in (eps, recomputed(eps)):
+        tiny_source.unet.zero_grad(set_to_none=True)
+        run_trajectory(fn, noise, "ddim", tiny_source.scheduler_config, 3, differentiable=True).square().sum().backward()
+        grads.append([p.grad.clone() for p in tiny_source.unet.parameters()])
+    tiny_source.unet.zero_grad(set_to_none=True)
+    for plain, again in zip(*grads):
+        torch.testing.assert_close(again, plain, rtol=1e-5, atol=1e-7)
 
 
 def test_forward_noising_is_q_of_x_t_given_x_0():
