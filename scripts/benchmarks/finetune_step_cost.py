@@ -5,7 +5,7 @@
         [--steps 3] [--batch-size 8] [--rounds 2]
 
 Each round runs every variant for --steps steps on the same SNN and batch size (tiny distillation
-pool, checkpoints off) and reads `seconds_per_step_after_first` from its finetune.json; rounds
+pool, checkpoints off; the sample target unrolls a 20-step DDIM trajectory per step) and reads `seconds_per_step_after_first` from its finetune.json; rounds
 alternate the variants so that load from other processes hits all of them alike. Writes
 OUT/step_cost.json (per variant: every round's time and the median).
 """
@@ -26,7 +26,10 @@ VARIANTS = {
     "qat --weights none": ["--method", "qat"],
     "tsm --train all": ["--method", "tsm", "--train", "all"],
     "qat --weights all": ["--method", "qat", "--weights", "all"],
+    "qat --weights lora --distill-target sample": ["--method", "qat", "--weights", "lora", "--distill-target", "sample",
+                                                   "--trajectory-steps", "20"],
 }
+EPS_POOL = ["--pool", "trajectories", "--trajectories", "2", "--trajectory-steps", "2", "--refresh-every", "0"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                 out = Path(scratch) / f"{round_}-{len(times[name])}-{name.replace(' ', '_')}"
                 code = finetune_main(["--snn", str(args.snn), "--out", str(out), "--steps", str(args.steps),
                                       "--batch-size", str(args.batch_size), "--checkpoint-every", "0",
-                                      "--pool", "trajectories", "--trajectories", "2", "--trajectory-steps", "2",
-                                      "--refresh-every", "0", "--eval-size", "2", *options])
+                                      "--eval-size", "2", *([] if "sample" in options else EPS_POOL), *options])
                 if code:
                     return code
                 times[name].append(json.loads((out / "finetune.json").read_text())["seconds_per_step_after_first"])
