@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from tqdm.auto import tqdm
 
 from sdm.calibration.record import CalibrationRecord
 from sdm.calibration.settings import CalibrationError
@@ -111,13 +112,13 @@ class Trainer(ResumableTrainer):
             out = self.snn(x.to(self.device), t.to(self.device)).sample
         return out.float()
 
-    def unrolled_sample(self, noise: torch.Tensor, differentiable: bool) -> torch.Tensor:
+    def unrolled_sample(self, noise: torch.Tensor, differentiable: bool, observe=None) -> torch.Tensor:
         """The twin's DDIM sample from `noise` (clipped to the image range). Differentiable: every
         step's UNet pass is recomputed in the backward pass, so memory holds one pass's
         activations instead of --trajectory-steps of them."""
         eps = recomputed(self.predict) if differentiable else self.predict
         sample = run_trajectory(eps, noise.to(self.device), "ddim", self.source.scheduler_config,
-                                self.settings.trajectory_steps, differentiable=differentiable)
+                                self.settings.trajectory_steps, observe=observe, differentiable=differentiable)
         return sample.clamp(-1, 1)
 
     def sample_distill_loss(self) -> torch.Tensor:
@@ -168,8 +169,11 @@ class Trainer(ResumableTrainer):
                 weights = self.sensitivity.weights_at(inputs.t)
                 result["distill_weighted"] = float((per_input.double() * weights).sum() / weights.sum())
             if self.held_out_sample is not None:  # the sample target's own loss
-                samples = torch.cat([self.unrolled_sample(chunk, differentiable=False).float().cpu()
-                                     for chunk in self.held_out_sample.noise.split(TARGET_CHUNK)])
+                chunks = self.held_out_sample.noise.split(TARGET_CHUNK)
+                progress = tqdm(total=len(chunks) * s.trajectory_steps, desc="held-out samples", unit="eval")
+                samples = torch.cat([self.unrolled_sample(chunk, False, lambda *_: progress.update()).float().cpu()
+                                     for chunk in chunks])
+                progress.close()
                 error = (samples - self.held_out_sample.sample).square().flatten(1).mean(1).double()
                 result["distill_sample"] = float(error.mean())
                 result["distill_sample_log"] = float(error.clamp_min(1e-12).log().mean())
