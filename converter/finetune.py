@@ -68,6 +68,16 @@ def check_checkpoint(state: dict[str, Any], path: Path, identity: dict[str, Any]
     check_recipe(state, path, recipe, steps, FinetuneError)
 
 
+def per_sample_mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The MSE of each item of a batch (eps inputs or final samples alike)."""
+    return (output - target).square().flatten(1).mean(dim=1)
+
+
+def mean_log_mse(error: torch.Tensor) -> torch.Tensor:
+    """--sample-loss psnr: the mean of per-sample log MSE (minus the mean PSNR, up to scale and a constant)."""
+    return error.clamp_min(1e-12).log().mean()
+
+
 class Trainer(ResumableTrainer):
     """One fine-tuning run: batches and losses over the shared resumable trainer state."""
 
@@ -128,8 +138,8 @@ class Trainer(ResumableTrainer):
         instead of dominating the gradient with an error no small change can remove."""
         noise = training_noises(self.settings, sample_shape(self.source.unet), self.step)
         target = ann_samples(self.source, noise, self.settings.trajectory_steps, self.device)
-        error = (self.unrolled_sample(noise, differentiable=True) - target.to(self.device)).square().flatten(1).mean(1)
-        return error.clamp_min(1e-12).log().mean() if self.settings.sample_loss == "psnr" else error.mean()
+        error = per_sample_mse(self.unrolled_sample(noise, differentiable=True), target)
+        return mean_log_mse(error) if self.settings.sample_loss == "psnr" else error.mean()
 
     def train_step(self) -> list[float]:
         s = self.settings
@@ -174,9 +184,9 @@ class Trainer(ResumableTrainer):
                 samples = torch.cat([self.unrolled_sample(chunk, False, lambda *_: progress.update()).float().cpu()
                                      for chunk in chunks])
                 progress.close()
-                error = (samples - self.held_out_sample.sample).square().flatten(1).mean(1).double()
+                error = per_sample_mse(samples, self.held_out_sample.sample).double()
                 result["distill_sample"] = float(error.mean())
-                result["distill_sample_log"] = float(error.clamp_min(1e-12).log().mean())
+                result["distill_sample_log"] = float(mean_log_mse(error))
                 result["sample_psnr_db"] = float((10 * torch.log10(4 / error.clamp_min(1e-12))).mean())
         if s.data_weight > 0:
             generator = torch.Generator().manual_seed(s.seed + 1)
@@ -192,7 +202,7 @@ class Trainer(ResumableTrainer):
         """Per-input MSE (CPU)."""
         outs = [self.snn(xc.to(self.device), tc.to(self.device)).sample.float().cpu()
                 for xc, tc in zip(x.split(TARGET_CHUNK), t.split(TARGET_CHUNK))]
-        return (torch.cat(outs) - target).square().flatten(1).mean(dim=1)
+        return per_sample_mse(torch.cat(outs), target)
 
     def state(self, identity: dict[str, Any], recipe: dict[str, Any], loss_before: dict[str, float]) -> dict[str, Any]:
         sensitivity = self.sensitivity.to_json() if self.sensitivity is not None else None

@@ -132,17 +132,18 @@ def training_noises(settings: FinetuneSettings, shape: tuple[int, ...], step: in
 
 @torch.no_grad()
 def ann_samples(source: SourceModel, noise: torch.Tensor, steps: int, device: torch.device) -> torch.Tensor:
-    """The ANN's DDIM (eta 0) samples from `noise`, clipped to the image range, on the CPU."""
+    """The ANN's DDIM (eta 0) samples from `noise`, clipped to the image range, on `device` (the
+    sample target's training loss uses them there every step)."""
     outs = [run_trajectory(as_eps_function(source.unet), chunk.to(device), "ddim", source.scheduler_config, steps)
             for chunk in noise.split(TARGET_CHUNK)]
-    return torch.cat(outs).float().clamp(-1, 1).cpu()
+    return torch.cat(outs).float().clamp(-1, 1)
 
 
 def held_out_samples(settings: FinetuneSettings, source: SourceModel, device: torch.device) -> SampleTargets:
     """Fixed held-out noises (--eval-size, the held-out seed) and the ANN's samples from them:
     the sample target's before/after loss."""
     noise = initial_noise(settings.eval_size, sample_shape(source.unet), HELD_OUT_SEED)
-    return SampleTargets(noise, ann_samples(source, noise, settings.trajectory_steps, device))
+    return SampleTargets(noise, ann_samples(source, noise, settings.trajectory_steps, device).cpu())
 
 
 def load_images(settings: FinetuneSettings, snn: SpikingUNet2DModel) -> torch.Tensor:
