@@ -14,12 +14,12 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 from tqdm.auto import tqdm
 
-from sdm.calibration.record import CalibrationRecord, SiteStats
-from sdm.calibration.settings import CalibrationSettings
-from sdm.calibration.sites import IDENTITY, PROBABILITIES, Site, all_sites, attention_probabilities
-from sdm.core.diffusion import (as_eps_function, forward_noising, initial_noise, run_trajectory, sample_shape,
-                                to_model_range, trajectory_length)
-from sdm.core.image_data import ImageSource
+from ..core.diffusion import (as_eps_function, forward_noising, initial_noise, run_trajectory, sample_shape,
+                              to_model_range, trajectory_length)
+from ..core.image_data import ImageSource
+from .record import CalibrationRecord, SiteStats
+from .settings import CalibrationSettings
+from .sites import IDENTITY, PROBABILITIES, Site, all_sites, attention_probabilities
 
 DATA_FREE_SAMPLER = "ddim"
 

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from sdm.calibration.settings import CalibrationError
+from .settings import CalibrationError
 
 RECORD_TENSORS = "calibration.safetensors"
 RECORD_META = "calibration.json"

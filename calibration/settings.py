@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sdm.core.errors import SdmError
+from ..core.errors import SdmError
 
 
 class CalibrationError(SdmError):

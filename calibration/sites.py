@@ -17,15 +17,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from diffusers import UNet2DModel
 from diffusers.models.activations import ACT2CLS, get_activation
 from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
-import torch
-import torch.nn.functional as F
 from torch import nn
 
-from sdm.core.errors import SdmError
+from ..core.errors import SdmError
 
 IDENTITY = "identity"
 PROBABILITIES = "probabilities"  # what an attention-probability site observes: attention_probabilities()

@@ -25,10 +25,10 @@ from typing import Callable
 
 import torch
 
-from sdm.calibration.record import CalibrationRecord, SiteStats
-from sdm.calibration.settings import CalibrationError
-from sdm.calibration.sites import activation_function
-from sdm.core.quantise import side_count
+from ..core.quantise import side_count
+from .record import CalibrationRecord, SiteStats
+from .settings import CalibrationError
+from .sites import activation_function
 
 MIN_THRESHOLD = 1e-4
 MSE_CANDIDATES = 16

@@ -16,15 +16,15 @@ from typing import Any
 
 import torch
 
-from sdm.calibration.record import CalibrationRecord
-from sdm.calibration.sites import IDENTITY
-from sdm.calibration.thresholds import input_stats, site_thresholds
-from sdm.converter.layerwise import match_layerwise
-from sdm.converter.mapping import INPUT_SITE
-from sdm.converter.model import SpikingUNet2DModel
-from sdm.converter.policy import ConversionPolicy
-from sdm.core.training import inference_mode
-from sdm.pretrained.loading import SourceModel
+from ..calibration.record import CalibrationRecord
+from ..calibration.sites import IDENTITY
+from ..calibration.thresholds import input_stats, site_thresholds
+from ..core.training import inference_mode
+from ..pretrained.loading import SourceModel
+from .layerwise import match_layerwise
+from .spiking.mapping import INPUT_SITE
+from .spiking.model import SpikingUNet2DModel
+from .spiking.policy import ConversionPolicy
 
 
 @dataclass

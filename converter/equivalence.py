@@ -1,7 +1,7 @@
 """How exactly a spiking UNet computes its quantised twin, measured neuron by neuron.
 
 For a batch of UNet inputs, `compare_simulations` runs the step simulation and the closed form
-(converter/simulation.py) and, site by site, compares each neuron's time-averaged output:
+(converter/spiking/simulation.py) and, site by site, compares each neuron's time-averaged output:
 - free running: step output vs the closed form's output for the same input. A neuron "differs"
   when the two are at least half a level apart (a count differs); it is a "tie" when the closed
   form's quantiser argument T * g / theta + f lies within TIE_TOLERANCE of the integer where the
@@ -23,8 +23,8 @@ from typing import Iterator
 
 import torch
 
-from sdm.converter.layers import SpikingActivation
-from sdm.converter.model import SpikingUNet2DModel
+from .spiking.layers import SpikingActivation
+from .spiking.model import SpikingUNet2DModel
 
 TIE_TOLERANCE = 1e-3  # in levels: a differing count is a tie if its quantiser argument is this close to a step
 PROBE_CALLS = 4  # sampler calls of the first batch whose inputs the probe replays
@@ -36,10 +36,12 @@ class Tally:
     """Neuron counts (each neuron of each input once) and squared errors summed over sites."""
 
     neurons: int = 0
+    # neurons whose count differs from the twin's: free-running, of those at a float tie, pinned
     differ: int = 0
     differ_ties: int = 0
     pinned_differ: int = 0
-    both_signs: int = 0
+    both_signs: int = 0  # neurons whose ON and OFF sides both fired
+    # squared error against the float activation of the same time-averaged input, summed over sites
     snn_sq_error: float = 0.0
     twin_sq_error: float = 0.0
 

@@ -15,12 +15,12 @@ import torch
 from diffusers import UNet2DModel
 from tqdm.auto import tqdm
 
-from sdm.calibration.record import CalibrationRecord
-from sdm.calibration.settings import CalibrationError
-from sdm.calibration.sites import activation_function, activation_sites
-from sdm.calibration.thresholds import MIN_THRESHOLD, mse_search, neuron_quantise
-from sdm.converter.layers import SpikingActivation
-from sdm.converter.model import SpikingUNet2DModel
+from ..calibration.record import CalibrationRecord
+from ..calibration.settings import CalibrationError
+from ..calibration.sites import activation_function, activation_sites
+from ..calibration.thresholds import MIN_THRESHOLD, mse_search, neuron_quantise
+from .spiking.layers import SpikingActivation
+from .spiking.model import SpikingUNet2DModel
 
 MAX_VALUES_PER_CHANNEL = 4096
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from sdm.core.errors import SdmError, signals_as_exceptions
+from .errors import SdmError, signals_as_exceptions
 
 
 class OutputError(SdmError):
@@ -73,10 +72,17 @@ def probe_writable(target: Path, error: type[SdmError] = OutputError) -> None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise error(f"cannot write {target}: {ancestor} is not a folder")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.probe.", dir=ancestor))
-    except OSError as exc:
-        raise error(f"cannot write {target}: {_reason(exc)} ({ancestor})") from None
+    probe: Path | None = _hidden_name(ancestor / target.name, ".probe")
+    try:  # created inside the `try` whose `finally` removes it: a signal cannot leave it behind
+        try:
+            probe.mkdir(mode=0o700)
+        except OSError as exc:
+            probe = None  # not created (or, if the random name existed, not ours)
+            raise error(f"cannot write {target}: {_reason(exc)} ({ancestor})") from None
+    finally:
+        if probe is not None:
+            with suppress(FileNotFoundError):
+                probe.rmdir()
 
 
 def ensure_free_target(target: Path, overwrite: bool = False, error: type[SdmError] = OutputError) -> None:

@@ -10,8 +10,8 @@ from contextlib import contextmanager
 
 import torch
 
-from sdm.core.errors import SdmError
-from sdm.core.settings import DEVICE_HELP
+from .errors import SdmError
+from .settings import DEVICE_HELP
 
 
 def resolve_device(name: str | torch.device) -> torch.device:

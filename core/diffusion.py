@@ -15,8 +15,8 @@ import torch
 import torch.utils.checkpoint
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from sdm.core.errors import SdmError
-from sdm.core.settings import SAMPLERS
+from .errors import SdmError
+from .settings import SAMPLERS
 
 EpsFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepObserver = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sdm.core.errors import SdmError
+from .errors import SdmError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 LIMIT_SEED = 0

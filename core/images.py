@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from sdm.core.errors import SdmError
+from .errors import SdmError
 
 
 def check_uint8_nhwc(images: np.ndarray, what: str) -> None:

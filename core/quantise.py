@@ -7,14 +7,14 @@ membrane start f has emitted, once its cumulative drive is D >= 0,
 
 spikes of weight theta. After T steps D = T * y for a time-averaged target y, so the site's
 output is theta * count / T: a uniform quantiser of y with T levels, clipped at theta, that
-rounds to nearest for f = 0.5. The exact neuron (converter/neurons.py), the closed-form twin and
+rounds to nearest for f = 0.5. The exact neuron (converter/spiking/neurons.py), the closed-form twin and
 the calibration's threshold search (calibration/thresholds.py) all call `side_count`, with the
 same float operations in the same order, so what calibration optimises is what the neuron does.
 
 Under autograd the floor is a straight-through estimator (its gradient taken as 1) applied after
 clipping D / theta to [0, T], as LSQ does: the value theta * count / T then has LSQ's step-size
 gradient (count - D / theta inside the range, T at the top, in units of the step theta / T), so
-thresholds can be learned (converter/qat.py).
+thresholds can be learned (converter/finetune/qat.py).
 """
 
 from __future__ import annotations

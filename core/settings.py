@@ -11,10 +11,10 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from sdm.core.atomic import probe_writable
-from sdm.core.errors import SdmError
+from .atomic import probe_writable
+from .errors import SdmError
 
 SAMPLERS = ("ddim", "ddpm", "dpm")
 DEVICE_HELP = "cpu, cuda, cuda:N, or auto (CUDA when present, else cpu)"
@@ -82,6 +82,8 @@ class SamplingSettings:
 class TrainingSettings:
     """The options both trainers share (`sdm-train`, `sdm-finetune`), checked the same way."""
 
+    # Options whose change would change the result: a resumed run must use the checkpoint's values.
+    RECIPE_KEYS: ClassVar[tuple[str, ...]] = ()
     out: Path
     steps: int
     batch_size: int
@@ -94,6 +96,11 @@ class TrainingSettings:
     resume: bool = False
     overwrite: bool = False
     device: str = "cpu"
+
+    def recipe(self) -> dict[str, Any]:
+        """The options a checkpoint records and a resumed run must match (paths as strings)."""
+        return {key: str(value) if isinstance(value := getattr(self, key), Path) else value
+                for key in self.RECIPE_KEYS}
 
     def check_training(self, error: type[SdmError]) -> None:
         at_least("--steps", self.steps, 1, error)

@@ -1,7 +1,7 @@
 """What every training loop here shares: the resumable loop and trainer state, atomic,
 untrusted-safe checkpoints, loss logs, EMA, and a one-line description of the hardware a run used.
 
-Used by `sdm-train` (pretrained/train.py, source ANNs) and `sdm-finetune` (converter/finetune.py,
+Used by `sdm-train` (pretrained/train.py, source ANNs) and `sdm-finetune` (converter/finetune/run.py,
 converted SNNs), so both resume, log and describe themselves the same way.
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sdm.core import atomic
-from sdm.core.errors import SdmError
-from sdm.core.untrusted import load_weights_only
+from . import atomic
+from .errors import SdmError
+from .untrusted import load_weights_only
 
 
 def save_checkpoint(state: dict[str, Any], path: Path, error: type[SdmError] = SdmError) -> None:

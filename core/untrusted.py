@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sdm.core.errors import SdmError
+from .errors import SdmError
 
 _SNIFF_BYTES = 4096
 

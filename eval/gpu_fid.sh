@@ -43,7 +43,7 @@ prepare() {
   rm -rf "$REPO"/.gpu/part* "$stage" && mkdir -p "$stage/wheels"
   "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d "$stage/wheels" $WHEELS
-  cp "$("$PYTHON" -c 'from sdm.eval.fid import check_inception, inception_path; print(check_inception(inception_path()))')" \
+  cp "$("$PYTHON" -c 'from sdm.eval.metrics.fid import check_inception, inception_path; print(check_inception(inception_path()))')" \
     "$stage/default_1.pt"
   [ -f "$CIFAR_ZIP" ] || die "CIFAR-10 zip not found: $CIFAR_ZIP (set CIFAR_ZIP)"
   "$PYTHON" - "$CIFAR_ZIP" "$stage/cifar10-test.zip" <<'EOF'
@@ -123,7 +123,7 @@ EOF
   export PYTHONPATH="$WORK/path:$WORK/site${PYTHONPATH:+:$PYTHONPATH}" SDM_INCEPTION="$WORK/payload/default_1.pt"
   export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
   "$PYTHON" -c 'import sys, torch, diffusers, spikingjelly, pytorch_fid
-from sdm.eval.fid import check_inception, inception_path
+from sdm.eval.metrics.fid import check_inception, inception_path
 check_inception(inception_path())
 gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
 print(f"python {sys.version.split()[0]}, torch {torch.__version__}, diffusers {diffusers.__version__}, GPU {gpu}")' \

@@ -19,9 +19,9 @@ from diffusers import UNet2DModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from sdm.pretrained.own_layout import load_own_layout_checkpoint
-from sdm.pretrained.zoo import DEFAULT_MODEL, available_models, resolve_model_name
-from sdm.core.errors import SdmError
+from ..core.errors import SdmError
+from .own_layout import load_own_layout_checkpoint
+from .zoo import DEFAULT_MODEL, available_models, resolve_model_name
 
 # The scheduler used when a checkpoint carries none: the DDPM paper's CIFAR-10 schedule.
 DEFAULT_SCHEDULER_CONFIG: dict[str, Any] = {

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from diffusers import UNet2DModel
 
-from sdm.core import atomic
-from sdm.core.errors import SdmError
-from sdm.core.untrusted import load_weights_only
+from ..core import atomic
+from ..core.errors import SdmError
+from ..core.untrusted import load_weights_only
 
 TIME_TABLE_KEY = "time_embedding.timembedding.0.weight"
 # Rows of the regenerated timestep table: the DDPM CIFAR-10 schedule's number of steps.

@@ -25,15 +25,15 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
-from sdm.core.devices import resolve_device
-from sdm.core.diffusion import to_model_range, training_example
-from sdm.core.image_data import ImageSource
-from sdm.core.training import (ResumableTrainer, check_output_folder, check_recipe, device_name, load_checkpoint,
-                               run_steps, save_checkpoint, write_loss_log)
-from sdm.pretrained.loading import load_source_model
-from sdm.pretrained.own_layout import OwnLayoutConfig
-from sdm.pretrained.train_outputs import CHECKPOINT, LOSS_COLUMNS, write_outputs
-from sdm.pretrained.train_settings import TrainError, TrainSettings
+from ..core.devices import resolve_device
+from ..core.diffusion import to_model_range, training_example
+from ..core.image_data import ImageSource
+from ..core.training import (ResumableTrainer, check_output_folder, check_recipe, device_name, load_checkpoint,
+                             run_steps, save_checkpoint, write_loss_log)
+from .loading import load_source_model
+from .own_layout import OwnLayoutConfig
+from .train_outputs import CHECKPOINT, LOSS_COLUMNS, write_outputs
+from .train_settings import TrainError, TrainSettings
 
 CHECKPOINT_FORMAT = "sdm-train-checkpoint/1"
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",

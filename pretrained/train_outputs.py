@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from sdm.core.atomic import atomic_folder
-from sdm.core.images import save_grid_rows, to_uint8
-from sdm.core.training import save_checkpoint, write_loss_log
-from sdm.pretrained.own_layout import OwnLayoutError, save_own_layout_checkpoint
-from sdm.pretrained.train_settings import TrainError, TrainSettings
+from ..core.atomic import atomic_folder
+from ..core.images import save_grid_rows, to_uint8
+from ..core.training import save_checkpoint, write_loss_log
+from .own_layout import OwnLayoutError, save_own_layout_checkpoint
+from .train_settings import TrainError, TrainSettings
 
 CHECKPOINT = "train_checkpoint.pt"
 LOSS_COLUMNS = ["step", "loss", "grad_norm", "lr"]

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from sdm.core.errors import SdmError
-from sdm.core.settings import TrainingSettings, at_least, in_unit_interval, parse_list, require
+from ..core.errors import SdmError
+from ..core.settings import TrainingSettings, at_least, in_unit_interval, parse_list, require
 
 ACTIVATIONS = ("silu", "relu")
 RESOLUTIONS = (32, 64)
 RESIZE_POLICIES = ("crop", "none")
-# Options whose change would change the result: a resumed run must use the checkpoint's values.
-RECIPE_KEYS = ("data", "data_limit", "resize", "batch_size", "lr", "warmup", "ema", "grad_clip", "bf16", "seed", "flip",
-               "init")
 
 
 class TrainError(SdmError):
@@ -25,6 +21,9 @@ class TrainError(SdmError):
 @dataclass(frozen=True, kw_only=True)
 class TrainSettings(TrainingSettings):
     """Options of one training run (README "Source models" says what each one does)."""
+
+    RECIPE_KEYS = ("data", "data_limit", "resize", "batch_size", "lr", "warmup", "ema", "grad_clip", "bf16", "seed", "flip",
+                   "init")
 
     data: Path
     split: str | None = None
@@ -66,8 +65,3 @@ class TrainSettings(TrainingSettings):
     def attention_sizes(self) -> set[int]:
         return set(parse_list(self.attention_resolutions, "--attention-resolutions", int, TrainError))
 
-    def recipe(self) -> dict[str, Any]:
-        """The options a checkpoint records and a resumed run must match."""
-        recipe = {key: getattr(self, key) for key in RECIPE_KEYS}
-        recipe["data"] = str(self.data)
-        return recipe

@@ -3,7 +3,7 @@
 The registry is data (`zoo.json`): per model its folder under `pretrained/`, aliases, dataset,
 resolution, where it came from and its measured ANN FID with the reference it was measured
 against (null until measured: no number is ever filled in by hand without a run behind it).
-`sdm-zoo` (sdm/cli/zoo.py) prints the list with parameter counts read from each config.
+`sdm-zoo` (cli/source_models.py) prints the list with parameter counts read from each config.
 """
 
 from __future__ import annotations

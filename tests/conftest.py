@@ -120,7 +120,7 @@ class ConvertedModelTester:
         assert model(x, t, return_dict=False)[0].shape == out.shape
 
     def test_save_and_load_round_trip_is_bit_identical(self, model, tmp_path):
-        from sdm.converter.export import load_converted, save_converted
+        from sdm.converter.spiking.folder import load_converted, save_converted
 
         save_converted(model, None, tmp_path)
         again = load_converted(tmp_path)
@@ -143,3 +143,21 @@ class ConvertedModelTester:
         double = model.to(torch.float64)
         assert {v.dtype for v in list(double.parameters()) + list(double.buffers())} == {torch.float64}
         assert double(x.double(), t).sample.dtype == torch.float64
+
+
+# Inputs of the tiny model (3 x 8 x 8) at four diffusion timesteps, for comparing a model's two simulations.
+TWIN_INPUTS = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+TWIN_TIMESTEPS = torch.tensor([900, 600, 300, 20])
+
+
+def steps_and_twin(snn, x: torch.Tensor = TWIN_INPUTS, t: torch.Tensor = TWIN_TIMESTEPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step simulation and the closed form of the same model, in float64 (ties far below any threshold)."""
+    snn = snn.double()
+    with torch.no_grad():
+        snn.set_simulation("steps")
+        steps = snn(x.double(), t).sample
+        snn.set_simulation("closed-form")
+        twin = snn(x.double(), t).sample
+        snn.set_simulation("steps")
+    snn.float()
+    return steps, twin

@@ -19,12 +19,12 @@ import json
 import os
 import re
 import runpy
+import tomllib
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tomllib
 import torch
 from diffusers import UNet2DModel
 
@@ -118,7 +118,7 @@ def inputs(tmp_path_factory) -> dict[str, str]:
     (root / "mixed").mkdir()
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "mixed" / "a.png")
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "mixed" / "b.png")
-    from sdm.eval.fid import FEATURE_DIM, FeatureStats
+    from sdm.eval.metrics.fid import FEATURE_DIM, FeatureStats
 
     features = np.random.default_rng(0).normal(size=(4, FEATURE_DIM))
     FeatureStats.from_features(features, source="random", split=None, resolution=None).save(root / "stats.npz")

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import signal
 import stat
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from tests.conftest import ROOT, make_tiny_unet
 
@@ -32,10 +33,17 @@ def start_conversion(model: Path, work: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=environment)
 
 
+# The readiness marker: atomic_folder's staging folder (`.out.` + 12 hex digits), created only
+# after its signal handlers are installed. The write probe before it (`.out.probe.*`) lives for
+# microseconds before any handler exists: a signal sent then kills the process outright, which
+# is what made this test fail on a loaded machine when it matched any `.out.` name.
+STAGING = re.compile(r"\.out\.[0-9a-f]{12}")
+
+
 def wait_for_staging(work: Path, process: subprocess.Popen, seconds: float = 600) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if any(p.name.startswith(".out.") for p in work.iterdir()):
+        if any(STAGING.fullmatch(p.name) for p in work.iterdir()):
             return
         if process.poll() is not None:
             pytest.fail(f"the conversion ended before staging: {process.communicate()}")

@@ -19,13 +19,12 @@ import json
 from pathlib import Path
 
 import torch
-
 from sdm.calibration.record import CalibrationRecord
 from sdm.calibration.sites import IDENTITY
 from sdm.converter.convert import convert
-from sdm.converter.policy import ConversionPolicy
+from sdm.converter.spiking.policy import ConversionPolicy
 from sdm.core.diffusion import as_eps_function, initial_noise
-from sdm.eval.sampling import run_sampler
+from sdm.eval.runs.sampling import run_sampler
 from sdm.pretrained.loading import load_source_model
 from sdm.pretrained.zoo import DEFAULT_MODEL
 

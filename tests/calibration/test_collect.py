@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-
 from sdm.calibration.collect import calibrate, calibrate_data_free, calibrate_from_data
 from sdm.calibration.settings import CalibrationError, CalibrationSettings
 from sdm.calibration.sites import all_sites
 from sdm.core.diffusion import initial_noise, make_sampler, sample_shape
+
 from tests.conftest import TINY_CALIBRATION
 
 

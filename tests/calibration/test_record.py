@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from sdm.calibration.record import CalibrationRecord
 from sdm.calibration.settings import CalibrationError
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from sdm.calibration.record import SiteStats
 from sdm.calibration.thresholds import neuron_quantise, site_thresholds
 
@@ -62,7 +61,7 @@ def test_layer_granularity_gives_one_threshold():
 @pytest.mark.parametrize("timesteps", [1, 3, 8, 16])
 def test_search_models_exactly_what_the_site_twin_and_the_stepped_neuron_emit(signed, init, timesteps):
     from sdm.calibration.thresholds import site_quantise
-    from sdm.converter.layers import SpikingActivation
+    from sdm.converter.spiking.layers import SpikingActivation
 
     generator = torch.Generator().manual_seed(timesteps)
     site = SpikingActivation("s", torch.nn.Identity(), torch.nn.Identity(), 5, timesteps=timesteps, signed=signed,

@@ -3,6 +3,7 @@
 import json
 
 from sdm.cli.bench import main as bench_main
+
 from tests.conftest import make_tiny_unet
 
 

@@ -3,11 +3,11 @@
 import json
 
 import pytest
-
 from sdm.calibration.record import CalibrationRecord
 from sdm.cli.calibrate import main
 from sdm.cli.convert import main as convert_main
 from sdm.cli.sweep import main as sweep_main
+
 from tests.conftest import make_tiny_unet
 
 

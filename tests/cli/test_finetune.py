@@ -9,15 +9,15 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-
 from sdm.calibration.collect import calibrate_data_free
 from sdm.cli import finetune as finetune_cli
-from sdm.converter import finetune
 from sdm.converter.convert import convert
-from sdm.converter.export import load_converted, save_converted
-from sdm.converter.policy import ConversionPolicy
-from sdm.converter.tsm import has_tsm, tsm_values
+from sdm.converter.finetune import run as finetune
+from sdm.converter.spiking.folder import load_converted, save_converted
+from sdm.converter.spiking.policy import ConversionPolicy
+from sdm.converter.spiking.tsm import has_tsm, tsm_values
 from sdm.core.atomic import atomic_folder
+
 from tests.conftest import TINY_CALIBRATION, assert_refused, make_tiny_source
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"

@@ -7,17 +7,16 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from sdm.cli import finetune as finetune_cli
 from sdm.cli.export import main as export_main
-from sdm.converter import finetune
 from sdm.converter.convert import convert
-from sdm.converter.export import load_converted, save_converted
+from sdm.converter.finetune import run as finetune
+from sdm.converter.spiking.folder import load_converted, save_converted
+from sdm.converter.spiking.policy import ConversionPolicy
+from sdm.converter.spiking.tsm import has_tsm
 from sdm.core.atomic import atomic_folder
-from sdm.converter.policy import ConversionPolicy
-from sdm.converter.tsm import has_tsm
-from tests.conftest import make_tiny_source
-from tests.converter.test_qat import steps_and_twin
+
+from tests.conftest import make_tiny_source, steps_and_twin
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 

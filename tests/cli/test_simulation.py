@@ -2,9 +2,11 @@
 
 import pytest
 
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     from sdm.cli.convert import main as convert_main
+
     from tests.conftest import make_tiny_unet
 
     root = tmp_path_factory.mktemp("sim")

@@ -5,9 +5,9 @@ import csv
 import json
 
 import pytest
-
 from sdm.cli.convert import main as convert_main
 from sdm.cli.sweep import main as sweep_main
+
 from tests.conftest import make_tiny_unet
 
 

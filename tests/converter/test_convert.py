@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-
 from sdm.converter import convert as lifecycle
-from sdm.converter import model as model_module
-from sdm.converter.mapping import UnsupportedModuleError
-from sdm.converter.policy import ConversionPolicy
+from sdm.converter.spiking import model as model_module
+from sdm.converter.spiking.mapping import UnsupportedModuleError
+from sdm.converter.spiking.policy import ConversionPolicy
 from sdm.pretrained import loading
+
 from tests.conftest import make_tiny_source
 
 

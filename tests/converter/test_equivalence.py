@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-
 from sdm.converter.convert import convert
-from sdm.converter.policy import ConversionPolicy
 from sdm.converter.equivalence import ProbeRecorder, compare_simulations, equivalence_section
+from sdm.converter.spiking.policy import ConversionPolicy
 
 
 @pytest.mark.parametrize("policy", [ConversionPolicy(timesteps=1), ConversionPolicy(timesteps=2, threshold_scale=0.9),

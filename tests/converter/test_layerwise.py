@@ -1,11 +1,11 @@
 """Layer-by-layer matching: fitted on the SNN's own inputs, it beats independent thresholds."""
 
 import torch
-
 from sdm.calibration.collect import calibrate_data_free
 from sdm.calibration.settings import CalibrationSettings
 from sdm.converter.convert import convert
-from sdm.converter.policy import ConversionPolicy
+from sdm.converter.spiking.policy import ConversionPolicy
+
 from tests.conftest import make_tiny_source
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from sdm.core import atomic
 from sdm.core.errors import Interrupted, SdmError, run_reporting_errors
 
@@ -113,6 +112,22 @@ def test_commands_end_in_one_line_with_the_conventional_exit_code(tmp_path, caps
 
 def test_probe_proves_a_missing_folder_can_be_made_and_leaves_nothing(tmp_path):
     atomic.probe_writable(tmp_path / "a" / "b" / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_right_after_the_probe_is_made_leaves_nothing(tmp_path, monkeypatch):
+    """The probe lives microseconds, but a loaded machine stretches them: a SIGTERM landing
+    between its creation and its removal must not leave it behind."""
+    made = Path.mkdir
+
+    def mkdir_then_signal(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_signal)
+    with pytest.raises(Interrupted):
+        atomic.probe_writable(tmp_path / "out")
+    monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
 
 

@@ -4,7 +4,6 @@ import time
 
 import pytest
 import torch
-
 from sdm.core.devices import CallTimer, resolve_device, set_tf32, tf32_enabled, tf32_mode
 from sdm.core.errors import SdmError
 

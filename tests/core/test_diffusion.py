@@ -3,18 +3,8 @@
 import pytest
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler
-
-from sdm.core.diffusion import (
-    data_target,
-    forward_noising,
-    initial_noise,
-    make_sampler,
-    recomputed,
-    run_trajectory,
-    sample_shape,
-    to_model_range,
-    training_example,
-)
+from sdm.core.diffusion import (data_target, forward_noising, initial_noise, make_sampler, recomputed, run_trajectory,
+                                sample_shape, to_model_range, training_example)
 from sdm.core.errors import SdmError
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from sdm.core.errors import SdmError
 from sdm.core.image_data import ImageSource
 

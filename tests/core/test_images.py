@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from sdm.core.errors import SdmError
 from sdm.core.images import save_grid_rows, save_npz_images, to_uint8
 

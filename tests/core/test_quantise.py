@@ -2,7 +2,6 @@
 with and without autograd."""
 
 import torch
-
 from sdm.core.quantise import side_count
 
 

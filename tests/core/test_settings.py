@@ -1,7 +1,6 @@
 """Validation before work: comma lists and ranges, each a one-line error."""
 
 import pytest
-
 from sdm.core.errors import SdmError
 from sdm.core.settings import SamplingSettings, parse_list
 

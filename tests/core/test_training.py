@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from sdm.core.errors import SdmError
 from sdm.core.training import ResumableTrainer, check_recipe, inference_mode, run_steps
 

@@ -10,18 +10,10 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 from own_layout_reference import OwnLayoutUNet
-
 from sdm.core.errors import SdmError
-from sdm.pretrained.own_layout import (
-    TIME_TABLE_KEY,
-    OwnLayoutConfig,
-    OwnLayoutError,
-    diffusers_to_own_state_dict,
-    infer_own_layout_config,
-    load_own_layout_checkpoint,
-    own_to_diffusers_state_dict,
-    save_own_layout_checkpoint,
-)
+from sdm.pretrained.own_layout import (TIME_TABLE_KEY, OwnLayoutConfig, OwnLayoutError, diffusers_to_own_state_dict,
+                                       infer_own_layout_config, load_own_layout_checkpoint, own_to_diffusers_state_dict,
+                                       save_own_layout_checkpoint)
 
 TINY = {"ch": 32, "ch_mult": [1, 2], "attn": [1], "num_res_blocks": 1}
 TIMESTEPS = [0, 1, 37, 500, 999]
@@ -52,15 +44,6 @@ def outputs(model: torch.nn.Module, timesteps: list[int], diffusers: bool) -> li
 def assert_one_line(exc: pytest.ExceptionInfo) -> None:
     assert isinstance(exc.value, SdmError)
     assert "\n" not in str(exc.value) and str(exc.value)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These nets are tiny: extra threads only add overhead, and on a busy machine they spin-wait for seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

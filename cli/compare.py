@@ -1,0 +1,107 @@
+"""`python eval/compare.py ann-vs-snn`: the source ANN and converted SNNs, side by side;
+`python eval/compare.py ann-fid`: one ANN's FID against reference statistics (model cards, the zoo).
+
+ann-vs-snn writes report.json, report.md, samples_*.npz, grid.png, spike_rates.png (and
+metrics_vs_T.png for several SNNs); ann-fid writes report.json, samples_ann.npz and grid.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from ..converter.allocator import retain_freed_memory
+from .common import (SamplingRun, add_ann_argument, add_output_arguments, add_sampling_arguments,
+                     add_simulation_argument, add_subcommand, make_parser, print_equivalence, run_command,
+                     sampling_settings)
+
+PROG = "compare.py"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(PROG, __doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = add_subcommand(sub, "ann-vs-snn", "sample ANN and SNN(s) from the same noise and report how close they are")
+    add_ann_argument(p)
+    p.add_argument("--snn", nargs="+", required=True, type=Path, help="converted model folder(s) made by sdm-convert")
+    add_sampling_arguments(p, num_samples=16, steps=20, batch_size=16)
+    p.add_argument("--fid-ref", type=Path, default=None, help="reference Inception statistics (.npz from eval.reference_stats)")
+    p.add_argument("--fid", action="store_true", help="compute FID between ANN and SNN samples even without --fid-ref")
+    add_simulation_argument(p, "steps, closed-form (the quantised twin, ANN cost, no spikes counted) or both (steps "
+                               "plus closed form and their agreement in report.json)")
+    add_output_arguments(p)
+    f = add_subcommand(sub, "ann-fid", "sample one ANN and measure its FID against reference statistics")
+    add_ann_argument(f, "ANN: a path or an embedded model name")
+    f.add_argument("--fid-ref", type=Path, required=True, help="reference Inception statistics (.npz from eval.reference_stats)")
+    add_sampling_arguments(f, num_samples=5000, steps=100, batch_size=64)
+    add_output_arguments(f)
+    return parser
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareSettings(SamplingRun):
+    """`ann-vs-snn` (the SNN folders, FID optional) or `ann-fid` (the ANN against a reference)."""
+
+    command: str
+    fid_ref: Path | None = None
+    fid: bool = False
+    snn: tuple[Path, ...] = ()
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "CompareSettings":
+        return cls(command=args.command, ann=args.ann, sampling=sampling_settings(args), out=args.out,
+                   overwrite=args.overwrite, fid_ref=args.fid_ref, fid=getattr(args, "fid", False),
+                   snn=tuple(getattr(args, "snn", ())), simulation=getattr(args, "simulation", "steps"))
+
+
+def run(settings: CompareSettings) -> dict:
+    # Heavy imports after parsing and validation (fast --help).
+    from ..converter.spiking.simulation import check_choice
+    from ..eval.reports.comparison import ann_fid, ann_vs_snn
+    from ..eval.runs import distributed
+
+    check_choice(settings.simulation)
+    try:  # under torchrun: join the process group, every rank with the same settings
+        sampling = replace(settings.sampling, device=distributed.start(asdict(settings), settings.sampling.device))
+        if settings.command == "ann-fid":
+            return ann_fid(settings.ann, settings.fid_ref, sampling, settings.out, settings.overwrite)
+        return ann_vs_snn(settings.ann, list(settings.snn), sampling, settings.out, settings.overwrite,
+                          settings.fid_ref, settings.fid, settings.simulation)
+    finally:
+        distributed.close()
+
+
+def print_fid(report: dict) -> None:
+    print(f"ANN FID {report['fid']:.2f} ({report['num_samples']} samples, {report['sampler']} "
+          f"{report['steps']} steps, reference {report['reference']['source']} {report['reference']['split']})")
+
+
+def print_runs(report: dict) -> None:
+    for run in report["runs"]:
+        fid = run["fid"]
+        fid_text = f", FID SNN vs ANN {fid['snn_vs_ann']:.2f}" if fid["snn_vs_ann"] is not None else ""
+        spikes = "" if run["spike_rate"]["mean"] is None else (
+            f", spike rate {run['spike_rate']['mean']:.3f}, energy SNN/ANN {run['energy']['snn_over_ann']:.3f}")
+        print(f"{run['label']}: T={run['timesteps']} ({run['simulation']}) PSNR {run['paired']['psnr_db']:.2f} dB, "
+              f"eps rel. L2 {run['paired']['eps_rel_l2']:.4f}{spikes}, time SNN/ANN {run['time']['snn_over_ann']:.2f}"
+              f"{fid_text}")
+        if "equivalence" in run:
+            print_equivalence(run["equivalence"], run["closed_form"]["paired"]["psnr_db"], "  ")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    retain_freed_memory()
+    printer = print_fid if args.command == "ann-fid" else print_runs
+
+    def report(result: dict) -> None:
+        printer(result)
+        print(f"wrote {args.out}")
+
+    return run_command(PROG, lambda: run(CompareSettings.from_args(args)), report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

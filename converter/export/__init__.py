@@ -1,0 +1,1 @@
+"""Export of a converted model: ONNX (with its spike-parity check) and NIR."""

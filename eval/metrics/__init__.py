@@ -1,0 +1,1 @@
+"""Measures: energy (operation counts) and FID (Inception statistics)."""
