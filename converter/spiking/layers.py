@@ -202,7 +202,9 @@ class SpikingActivation(TimeFolded):
             return self.twin(current)
         self.neuron.reset()
         tsm = () if self.tsm is None else (self.tsm,)
-        if site_kernel.applicable(current, self.neuron.threshold_pos, self.neuron.threshold_neg, self.output_shift, *tsm):
+        delta_coded = getattr(self.neuron, "delta", None) is not None  # the kernel has no per-side emissions to code
+        if not delta_coded and site_kernel.applicable(current, self.neuron.threshold_pos, self.neuron.threshold_neg,
+                                                      self.output_shift, *tsm):
             return self._fused_forward(current)
         if self.exact:
             spikes = self.neuron(self.cumulative_drive(current)).flatten(0, 1)

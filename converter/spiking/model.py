@@ -2,7 +2,9 @@
 
 `SpikingUNet2DModel(x, t).sample` runs T SNN time steps per call and decodes the output as the
 time average of the last layer's currents; `set_simulation("closed-form")` runs its quantised twin
-instead, one pass per call (converter/spiking/simulation.py). Its folder (`save_pretrained`) holds a JSON config
+instead, one pass per call (converter/spiking/simulation.py); `set_coding("delta")` sends only the
+change of each neuron's spikes from one evaluation of a trajectory to the next
+(converter/spiking/delta.py). Its folder (`save_pretrained`) holds a JSON config
 (source architecture, conversion policy, provenance) and safetensors weights including every
 threshold, so `from_pretrained` rebuilds it exactly, and it drops into diffusers pipelines.
 """
@@ -19,6 +21,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from ...calibration.thresholds import SiteThresholds
+from .delta import DELTA_NEEDS_STEPS, CodingError, DeltaState, TrajectoryTracker, check_coding, in_slot
 from .layers import FrozenGroupNorm, SpikingActivation, TimeFolded
 from .mapping import convert_unet_modules
 from .neurons import SiteNeuron
@@ -70,6 +73,8 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
         )
         self.inputs_per_pass: int | None = None
         self.simulation = "steps"
+        self.coding = "rate"
+        self._trajectories = TrajectoryTracker()
         if tsm:
             enable_tsm(self)
 
@@ -140,6 +145,8 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
         """"steps" (default) simulates T time steps; "closed-form" evaluates the quantised twin in
         one pass (refused with the reason for a model that has none)."""
         check_choice(mode, SIMULATIONS)
+        if mode == "closed-form" and self.coding == "delta":
+            raise CodingError(DELTA_NEEDS_STEPS)
         if mode == "closed-form":
             obstacle = closed_form_obstacle(self)
             if obstacle:
@@ -148,6 +155,31 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
         for module in self.modules():
             if isinstance(module, TimeFolded):
                 module.closed_form = mode == "closed-form"
+
+    def set_coding(self, coding: str) -> None:
+        """"rate" (default): every evaluation sends its spikes; "delta": each neuron sends only the
+        change against the previous evaluation of its trajectory (converter/spiking/delta.py). The
+        outputs are the same bit for bit; what the spike monitor counts is what was sent."""
+        check_coding(coding)
+        if coding == "delta":
+            if self.simulation != "steps":
+                raise CodingError(DELTA_NEEDS_STEPS)
+            single = next((name for name, site in self.sites().items() if not site.exact), None)
+            if single is not None:
+                raise CodingError(f"delta coding needs exact neurons (site {single} has single-spike ones): "
+                                  f"re-convert with --neuron exact")
+        self.coding = coding
+        self.reset_coding_state()
+        for neuron in self.neurons().values():
+            if hasattr(neuron, "delta"):
+                neuron.delta = DeltaState() if coding == "delta" else None
+
+    def reset_coding_state(self) -> None:
+        """Forget every trajectory (the next evaluation of each sample is sent in full)."""
+        self._trajectories.reset()
+        for neuron in self.neurons().values():
+            if getattr(neuron, "delta", None) is not None:
+                neuron.delta.reset()
 
     def set_inputs_per_pass(self, inputs: int | None) -> None:
         """How many inputs one stacked pass simulates (each as T rows); None: the device's rule.
@@ -192,13 +224,22 @@ class SpikingUNet2DModel(ModelMixin, ConfigMixin):
         timesteps = torch.as_tensor(timestep, device=sample.device)
         timesteps = timesteps.reshape(-1).expand(batch) if timesteps.numel() == 1 else timesteps
         size = self._pass_size(sample)
-        predictions = [
-            self._simulate(sample[start:start + size], timesteps[start:start + size],
-                           None if class_labels is None else class_labels[start:start + size])
-            for start in range(0, batch, size)
-        ]
+        predictions = []
+        for start in range(0, batch, size):
+            rows = slice(start, start + size)
+            if self.coding == "delta":
+                self._begin_delta_pass(start, timesteps[rows])
+            with in_slot(start):
+                predictions.append(self._simulate(sample[rows], timesteps[rows],
+                                                  None if class_labels is None else class_labels[rows]))
         prediction = predictions[0] if len(predictions) == 1 else torch.cat(predictions)
         return UNet2DOutput(sample=prediction) if return_dict else (prediction,)
+
+    def _begin_delta_pass(self, slot: int, timesteps: torch.Tensor) -> None:
+        """A pass that does not continue its slot's trajectory starts from silence."""
+        if not self._trajectories.continues(slot, timesteps):
+            for neuron in self.neurons().values():
+                neuron.delta.drop(slot)
 
     def _simulate(self, sample: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         """One stacked pass: T time steps folded into the batch (t-major), from reset state; in

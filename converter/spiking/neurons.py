@@ -37,6 +37,7 @@ from spikingjelly.activation_based.neuron import SimpleBaseNode
 from torch import nn
 
 from ...core.quantise import signed_counts
+from .delta import DeltaState
 
 NEURON_KINDS = ("exact", "single-spike")
 
@@ -114,6 +115,7 @@ class GradedIFNode(SiteNeuron):
         self.timesteps = timesteps
         self.max_payload = max_payload
         self.onset, self.margin = onset, margin
+        self.delta: DeltaState | None = None  # set while the model runs delta coding (converter/spiking/delta.py)
 
     def reset(self) -> None:
         """Nothing to clear: no state outlives a call (same interface as the single-spike neuron)."""
@@ -128,12 +130,15 @@ class GradedIFNode(SiteNeuron):
         sides = [side.unflatten(0, (steps, -1)) for side in (on, off) if side is not None]
         sides = [self._emitted(side) for side in sides]
         changes = [_changes(side) for side in sides]
+        if self.delta is not None:
+            changes = self.delta.code(changes)
         theta_pos, theta_neg = self.thresholds(cumulative[0])
         spikes = theta_pos * changes[0]
         if self.signed:
             spikes = spikes - theta_neg * changes[1]
         if self.monitor:
-            self.count_spikes(sum(change.detach().abs().sum() for change in changes), spikes.numel())
+            sent = self.delta.events.sum() if self.delta is not None else sum(c.detach().abs().sum() for c in changes)
+            self.count_spikes(sent, spikes.numel())
         return spikes
 
     def _emitted(self, counts: torch.Tensor) -> torch.Tensor:
