@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fid", action="store_true", help="compute FID between ANN and SNN samples even without --fid-ref")
     add_simulation_argument(p, "steps, closed-form (the quantised twin, ANN cost, no spikes counted) or both (steps "
                                "plus closed form and their agreement in report.json)")
+    p.add_argument("--coding", default="rate",  # checked by converter.spiking.delta.check_coding
+                   help="how the steps simulation sends spikes: rate (each evaluation all its spikes) or delta (each "
+                        "neuron the change against the previous denoising step: the same samples, fewer events)")
     add_output_arguments(p)
     f = add_subcommand(sub, "ann-fid", "sample one ANN and measure its FID against reference statistics")
     add_ann_argument(f, "ANN: a path or an embedded model name")
@@ -48,27 +51,31 @@ class CompareSettings(SamplingRun):
     fid_ref: Path | None = None
     fid: bool = False
     snn: tuple[Path, ...] = ()
+    coding: str = "rate"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "CompareSettings":
         return cls(command=args.command, ann=args.ann, sampling=sampling_settings(args), out=args.out,
                    overwrite=args.overwrite, fid_ref=args.fid_ref, fid=getattr(args, "fid", False),
-                   snn=tuple(getattr(args, "snn", ())), simulation=getattr(args, "simulation", "steps"))
+                   snn=tuple(getattr(args, "snn", ())), simulation=getattr(args, "simulation", "steps"),
+                   coding=getattr(args, "coding", "rate"))
 
 
 def run(settings: CompareSettings) -> dict:
     # Heavy imports after parsing and validation (fast --help).
+    from ..converter.spiking.delta import check_coding
     from ..converter.spiking.simulation import check_choice
     from ..eval.reports.comparison import ann_fid, ann_vs_snn
     from ..eval.runs import distributed
 
     check_choice(settings.simulation)
+    check_coding(settings.coding, settings.simulation)
     try:  # under torchrun: join the process group, every rank with the same settings
         sampling = replace(settings.sampling, device=distributed.start(asdict(settings), settings.sampling.device))
         if settings.command == "ann-fid":
             return ann_fid(settings.ann, settings.fid_ref, sampling, settings.out, settings.overwrite)
         return ann_vs_snn(settings.ann, list(settings.snn), sampling, settings.out, settings.overwrite,
-                          settings.fid_ref, settings.fid, settings.simulation)
+                          settings.fid_ref, settings.fid, settings.simulation, settings.coding)
     finally:
         distributed.close()
 

@@ -156,7 +156,7 @@ def run(settings: ConvertSettings) -> dict:
     from ..calibration.collect import calibrate
     from ..calibration.record import CalibrationRecord
     from ..converter.convert import convert_calibrating
-    from ..converter.spiking.folder import save_converted
+    from ..converter.folder import save_converted
     from ..converter.spiking.operations import operations_report
     from ..converter.spiking.simulation import check_policy
     from ..core.atomic import atomic_folder

@@ -64,7 +64,7 @@ def run(settings: ExportSettings) -> dict:
     # Heavy imports after parsing and validation (fast --help).
     from ..converter.export.nir_export import export_nir
     from ..converter.export.onnx_export import export_onnx
-    from ..converter.spiking.folder import check_same_source, load_converted
+    from ..converter.folder import check_same_source, load_converted
     from ..core.atomic import write_text
     from ..pretrained.loading import load_source_model
 

@@ -120,7 +120,7 @@ class ConvertedModelTester:
         assert model(x, t, return_dict=False)[0].shape == out.shape
 
     def test_save_and_load_round_trip_is_bit_identical(self, model, tmp_path):
-        from sdm.converter.spiking.folder import load_converted, save_converted
+        from sdm.converter.folder import load_converted, save_converted
 
         save_converted(model, None, tmp_path)
         again = load_converted(tmp_path)

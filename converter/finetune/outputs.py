@@ -13,7 +13,7 @@ import numpy as np
 from ...calibration.record import CalibrationRecord
 from ...core.atomic import atomic_folder
 from ...core.training import save_checkpoint, write_loss_log
-from ..spiking.folder import save_converted
+from ..folder import save_converted
 from ..spiking.model import SpikingUNet2DModel
 from ..spiking.operations import operations_report
 from .settings import FinetuneError

@@ -43,7 +43,7 @@ from ...core.training import (ResumableTrainer, check_output_folder, check_recip
                               run_steps, save_checkpoint, write_loss_log)
 from ...pretrained.loading import SourceModel, load_source_model, state_dict_fingerprint
 from ...pretrained.zoo import DEFAULT_MODEL
-from ..spiking.folder import check_same_source, load_converted
+from ..folder import check_same_source, load_converted
 from ..spiking.model import SpikingUNet2DModel
 from ..spiking.tsm import tsm_values
 from . import qat

@@ -1,2 +1,2 @@
 """The spiking runtime: neurons, spiking layers, the per-type mapping table, the policy, the
-SpikingUNet2DModel and its folder, its two simulations (steps, closed form)."""
+SpikingUNet2DModel, its two simulations (steps, closed form) and its spike codings (rate, delta)."""

@@ -40,9 +40,12 @@ class CodingError(SdmError):
     """A spike coding that is unknown or that the model cannot run."""
 
 
-def check_coding(coding: str) -> str:
+def check_coding(coding: str, simulation: str = "steps") -> str:
+    """Refuse an unknown coding, or delta coding of a run simulated in closed form only."""
     if coding not in CODINGS:
         raise CodingError(f"unknown coding {coding!r} (choose from {', '.join(CODINGS)})")
+    if coding == "delta" and simulation == "closed-form":
+        raise CodingError(DELTA_NEEDS_STEPS)
     return coding
 
 

@@ -230,6 +230,19 @@ def spike_units(site: SpikingActivation, spikes: torch.Tensor, channel_dim: int 
     return units.movedim(1, channel_dim)
 
 
+def sent_units(site: SpikingActivation, spikes: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
+    """Spike units per element that `site` sent to make `spikes` (its output, as a layer receives
+    it): the spikes' own units under rate coding; under delta coding the units of the changes the
+    site sent (converter/spiking/delta.py), which the receiver added to what it held."""
+    delta = getattr(site.neuron, "delta", None)
+    if delta is None:
+        return spike_units(site, spikes, channel_dim)
+    events = delta.events.flatten(0, 1)
+    if channel_dim == 1 and events.shape != spikes.shape:
+        raise ValueError(f"site {site.site} sent {tuple(events.shape)} but its layer received {tuple(spikes.shape)}")
+    return events if channel_dim == 1 else events.movedim(1, -1).reshape(spikes.shape)
+
+
 class ActivityMonitor:
     """Hooks that count what a converted model's spikes make its layers do, while active.
 
@@ -272,13 +285,13 @@ class ActivityMonitor:
         def hook(module: nn.Module, inputs) -> None:
             x = inputs[0].detach()
             if isinstance(module, nn.Conv2d):
-                per_position = spike_units(feeding_site(module), x).sum(dim=(0, 1), dtype=torch.float64)
+                per_position = sent_units(feeding_site(module), x).sum(dim=(0, 1), dtype=torch.float64)
                 key = (path, x.shape[-2], x.shape[-1])
                 if key not in self._fan_outs:
                     self._fan_outs[key] = fan_out(module, x.shape[-2], x.shape[-1]).to(x.device)
                 acs = (per_position * self._fan_outs[key]).sum() * (module.out_channels // module.groups)
             else:
-                acs = spike_units(feeding_site(module), x, channel_dim=-1).sum(dtype=torch.float64) * module.out_features
+                acs = sent_units(feeding_site(module), x, channel_dim=-1).sum(dtype=torch.float64) * module.out_features
             self.activity.layer_acs[path] += float(acs)
             self.activity.layer_images[path] += x.shape[0] / steps
         return hook

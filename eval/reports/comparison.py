@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ...converter.spiking.folder import check_same_source, load_converted
+from ...converter.folder import check_same_source, load_converted
 from ...core.atomic import atomic_folder, ensure_free_target
 from ...core.images import save_grid_rows, save_npz_images, to_uint8
 from ...core.settings import SamplingSettings
@@ -56,8 +56,9 @@ def ann_fid(ann: str, reference_path: Path, sampling: SamplingSettings, out: Pat
 
 def ann_vs_snn(ann: str, snn_folders: list[Path], sampling: SamplingSettings, out: Path, overwrite: bool,
                reference_path: Path | None = None, fid: bool = False,
-               simulation: str = "steps") -> dict[str, Any] | None:
+               simulation: str = "steps", coding: str = "rate") -> dict[str, Any] | None:
     """Sample the ANN and every SNN from the same noises; paired metrics, rates, energy, time, FID.
+    `coding`: how the SNNs' steps simulation sends spikes ("rate" or "delta", converter/spiking/delta.py).
 
     Under torchrun every rank samples its share; rank 0 alone measures and writes (others: None)."""
     ensure_free_target(out, overwrite)
@@ -67,6 +68,7 @@ def ann_vs_snn(ann: str, snn_folders: list[Path], sampling: SamplingSettings, ou
     for label, folder in zip(labels_of(snn_folders), snn_folders):
         snn = load_converted(folder, device=str(sampling.device))
         check_same_source(snn, source, str(folder))
+        snn.set_coding(coding)
         snns[label] = snn
     reference = FeatureStats.load(reference_path) if reference_path is not None else None
     noise, ann_run = sample_ann(source, sampling)

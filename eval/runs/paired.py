@@ -75,17 +75,23 @@ def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tenso
     else:
         probe = ProbeRecorder(as_eps_function(snn), probe_calls(settings.steps)) if simulation == "both" else None
         result = _measure(snn, source, noise, ann_run, settings, label, closed_form=False, eps=probe)
-        if probe is not None:
-            closed = _measure(snn, source, noise, ann_run, settings, label, closed_form=True)
-            ratio = closed["time"]["snn_seconds_per_unet_eval"] / result["time"]["snn_seconds_per_unet_eval"]
-            result["closed_form"] = {key: closed[key] for key in ("paired", "time")}
-            result["equivalence"] = equivalence_section(snn, probe.inputs, ratio)
+        if probe is not None:  # the closed form sends no spikes: it and the equivalence probe run rate-coded
+            coding = snn.coding
+            snn.set_coding("rate")
+            try:
+                closed = _measure(snn, source, noise, ann_run, settings, label, closed_form=True)
+                ratio = closed["time"]["snn_seconds_per_unet_eval"] / result["time"]["snn_seconds_per_unet_eval"]
+                result["closed_form"] = {key: closed[key] for key in ("paired", "time")}
+                result["equivalence"] = equivalence_section(snn, probe.inputs, ratio)
+            finally:
+                snn.set_coding(coding)
     result["simulation"] = simulation
     return result
 
 
 def _measure(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, ann_run: Trajectory,
              settings: SamplingSettings, label: str, closed_form: bool, eps=None) -> dict[str, Any]:
+    coding = snn.coding
     snn.set_simulation("closed-form" if closed_form else "steps")
     snn.set_monitor(not closed_form)
     try:
@@ -110,10 +116,12 @@ def _measure(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, 
     else:
         spike_rate = {"mean": total_spikes / max(total_steps, 1), "per_site": rates}
         energy = energy_estimate(snn, count_operations(snn), activity, rates)
+        energy["coding"] = coding
     ann_eval, snn_eval = ann_run.unet_seconds / ann_run.unet_calls, run.unet_seconds / run.unet_calls
     return {
         "label": label,
         "timesteps": snn.timesteps,
+        "coding": coding,
         "policy": snn.policy.to_dict(),
         "paired": {
             "psnr_db": float(np.mean(np.minimum(per_image, PSNR_CAP_DB))),

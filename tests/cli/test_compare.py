@@ -55,6 +55,25 @@ def test_same_seed_gives_same_report_numbers(converted, tmp_path):
     assert reports[0]["paired"] == reports[1]["paired"]
 
 
+def test_delta_coding_gives_the_same_samples_for_fewer_events(converted, tmp_path):
+    """Rate and delta coding of one SNN from the same noises: identical samples, the delta run's
+    spikes and energy lower (its first denoising step is charged in full); `--simulation both`
+    runs its closed form rate-coded."""
+    reports = {}
+    for coding in ("rate", "delta"):
+        argv = ["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "snn4"), "--num-samples", "2",
+                "--steps", "4", "--coding", coding, "--simulation", "both", "--out", str(tmp_path / coding)]
+        assert compare_main(argv) == 0
+        reports[coding] = json.loads((tmp_path / coding / "report.json").read_text())["runs"][0]
+    rate, delta = reports["rate"], reports["delta"]
+    assert (rate["coding"], delta["coding"]) == ("rate", "delta") and delta["energy"]["coding"] == "delta"
+    assert np.array_equal(np.load(tmp_path / "rate" / "samples_snn.npz")["images"],
+                          np.load(tmp_path / "delta" / "samples_snn.npz")["images"])
+    assert delta["paired"] == rate["paired"] and delta["closed_form"]["paired"] == rate["closed_form"]["paired"]
+    assert 0 < delta["spike_rate"]["mean"] < rate["spike_rate"]["mean"]
+    assert 0 < delta["energy"]["snn_over_ann"] < rate["energy"]["snn_over_ann"]
+
+
 def refused(capsys, argv, tmp_path, expected):
     refused_by(compare_main, "compare.py", capsys, argv, tmp_path, expected, out_name="never")
 

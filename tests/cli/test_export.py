@@ -6,7 +6,7 @@ import onnx
 import pytest
 from sdm.cli.export import main as export_main
 from sdm.converter.convert import convert
-from sdm.converter.spiking.folder import save_converted
+from sdm.converter.folder import save_converted
 from sdm.converter.spiking.policy import ConversionPolicy
 from sdm.core.atomic import atomic_folder
 

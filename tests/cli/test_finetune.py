@@ -13,7 +13,7 @@ from sdm.calibration.collect import calibrate_data_free
 from sdm.cli import finetune as finetune_cli
 from sdm.converter.convert import convert
 from sdm.converter.finetune import run as finetune
-from sdm.converter.spiking.folder import load_converted, save_converted
+from sdm.converter.folder import load_converted, save_converted
 from sdm.converter.spiking.policy import ConversionPolicy
 from sdm.converter.spiking.tsm import has_tsm, tsm_values
 from sdm.core.atomic import atomic_folder

@@ -11,7 +11,7 @@ from sdm.cli import finetune as finetune_cli
 from sdm.cli.export import main as export_main
 from sdm.converter.convert import convert
 from sdm.converter.finetune import run as finetune
-from sdm.converter.spiking.folder import load_converted, save_converted
+from sdm.converter.folder import load_converted, save_converted
 from sdm.converter.spiking.policy import ConversionPolicy
 from sdm.converter.spiking.tsm import has_tsm
 from sdm.core.atomic import atomic_folder

@@ -6,7 +6,7 @@ import torch
 from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
 from sdm.calibration.collect import calibrate_data_free
 from sdm.converter.convert import convert
-from sdm.converter.spiking.folder import load_converted, save_converted
+from sdm.converter.folder import load_converted, save_converted
 from sdm.converter.spiking.model import SpikingUNet2DModel
 from sdm.converter.spiking.policy import ConversionPolicy
 from sdm.converter.spiking.tsm import enable_tsm

@@ -11,7 +11,7 @@ from sdm.calibration.record import CalibrationError, CalibrationRecord
 from sdm.calibration.sites import IDENTITY
 from sdm.converter.convert import convert
 from sdm.converter.spiking import residual
-from sdm.converter.spiking.folder import load_converted, save_converted
+from sdm.converter.folder import load_converted, save_converted
 from sdm.converter.spiking.layers import SpikingActivation
 from sdm.converter.spiking.mapping import UnsupportedModuleError, convert_unet_modules
 from sdm.converter.spiking.policy import ConversionPolicy, PolicyError

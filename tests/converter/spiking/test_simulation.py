@@ -6,7 +6,7 @@ import pytest
 import torch
 from sdm.converter.convert import convert
 from sdm.converter.finetune.trainable import set_trainable
-from sdm.converter.spiking.folder import ConvertedModelError, load_converted, save_converted
+from sdm.converter.folder import ConvertedModelError, load_converted, save_converted
 from sdm.converter.spiking.policy import ConversionPolicy
 from sdm.converter.spiking.simulation import SimulationError
 from sdm.converter.spiking.tsm import enable_tsm

@@ -5,7 +5,7 @@ import json
 import torch
 from sdm.converter.convert import convert
 from sdm.converter.finetune.trainable import set_trainable
-from sdm.converter.spiking.folder import load_converted, save_converted
+from sdm.converter.folder import load_converted, save_converted
 from sdm.converter.spiking.policy import ConversionPolicy
 from sdm.converter.spiking.tsm import enable_tsm, has_tsm, tsm_values
 from sdm.core.atomic import atomic_folder

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from sdm.converter.convert import convert
-from sdm.converter.spiking.folder import ConvertedModelError, load_converted, save_converted
+from sdm.converter.folder import ConvertedModelError, load_converted, save_converted
 from sdm.converter.spiking.policy import ConversionPolicy
 from sdm.core.atomic import atomic_folder
 

@@ -13,10 +13,10 @@ from pathlib import Path
 from diffusers.utils import logging as diffusers_logging
 from safetensors import SafetensorError, safe_open
 
-from ...calibration.record import CalibrationRecord
-from ...core.errors import SdmError
-from ...pretrained.loading import SourceModel
-from .model import SpikingUNet2DModel
+from ..calibration.record import CalibrationRecord
+from ..core.errors import SdmError
+from ..pretrained.loading import SourceModel
+from .spiking.model import SpikingUNet2DModel
 
 
 class ConvertedModelError(SdmError):
