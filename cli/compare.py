@@ -90,7 +90,8 @@ def print_runs(report: dict) -> None:
         fid = run["fid"]
         fid_text = f", FID SNN vs ANN {fid['snn_vs_ann']:.2f}" if fid["snn_vs_ann"] is not None else ""
         spikes = "" if run["spike_rate"]["mean"] is None else (
-            f", spike rate {run['spike_rate']['mean']:.3f}, energy SNN/ANN {run['energy']['snn_over_ann']:.3f}")
+            f", spike rate {run['spike_rate']['mean']:.3f}, energy SNN/ANN {run['energy']['snn_over_ann']:.3f}, "
+            f"SNN/QANN {run['energy']['snn_over_qann']:.3f}, SNN/zero-skip QANN {run['energy']['snn_over_qann_zero_skip']:.3f}")
         print(f"{run['label']}: T={run['timesteps']} ({run['simulation']}) PSNR {run['paired']['psnr_db']:.2f} dB, "
               f"eps rel. L2 {run['paired']['eps_rel_l2']:.4f}{spikes}, time SNN/ANN {run['time']['snn_over_ann']:.2f}"
               f"{fid_text}")

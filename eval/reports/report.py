@@ -69,8 +69,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"device {report['device']}, TF32 {'on' if report.get('tf32') else 'off'}, "
         f"{report.get('processes', 1)} process(es).",
         "",
-        "| model | spiking | T | PSNR (dB) | eps rel. L2 | eps cosine | spike rate | energy SNN/ANN | energy SNN/quantised ANN | time SNN/ANN | FID SNN vs ANN | FID ANN | FID SNN |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | spiking | T | PSNR (dB) | eps rel. L2 | eps cosine | spike rate | energy SNN/ANN | SNN/QANN | SNN/zero-skip QANN | SNN/ANN, units x AC | max payload | last-step units | time SNN/ANN | FID SNN vs ANN | FID ANN | FID SNN |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in report["runs"]:
         fid = run["fid"]
@@ -79,7 +79,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             f"{_fmt(run['paired']['psnr_db'], 2)} | "
             f"{_fmt(run['paired']['eps_rel_l2'], 4)} | {_fmt(run['paired']['eps_cosine'], 4)} | "
             f"{_fmt(run['spike_rate']['mean'])} | {_fmt(run['energy']['snn_over_ann'])} | "
-            f"{_fmt(run['energy'].get('snn_over_quantised_ann'))} | "
+            f"{_fmt(run['energy']['snn_over_qann'])} | {_fmt(run['energy']['snn_over_qann_zero_skip'])} | "
+            f"{_fmt(run['energy']['units_x_ac']['snn_over_ann'])} | {_fmt(run['energy']['max_payload'])} | "
+            f"{_fmt(run['energy']['last_step_unit_fraction'])} | "
             f"{_fmt(run['time']['snn_over_ann'], 2)} | {_fmt(fid['snn_vs_ann'], 2)} | {_fmt(fid['ann'], 2)} | "
             f"{_fmt(fid['snn'], 2)} |"
         )

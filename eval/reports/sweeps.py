@@ -29,7 +29,7 @@ from ..runs.paired import measure_snn, sample_ann
 from .plots import plot_metric_curves, plot_pareto, plot_spike_rates
 
 COLUMNS = ["spiking", "method", "percentile", "timesteps", "threshold_scale", "psnr_db", "eps_rel_l2", "eps_cosine",
-           "spike_rate", "energy_snn_over_ann", "energy_snn_over_quantised_ann", "time_snn_over_ann", "simulation",
+           "spike_rate", "energy_snn_over_ann", "energy_snn_over_qann", "energy_snn_over_qann_zero_skip", "time_snn_over_ann", "simulation",
            "closed_form_psnr_db", "count_differs_fraction"]
 
 
@@ -94,7 +94,8 @@ def sweep(ann: str, record_folder: Path, grid: SweepGrid, sampling: SamplingSett
             "timesteps": t, "threshold_scale": scale, "psnr_db": run["paired"]["psnr_db"],
             "eps_rel_l2": run["paired"]["eps_rel_l2"], "eps_cosine": run["paired"]["eps_cosine"],
             "spike_rate": run["spike_rate"]["mean"], "energy_snn_over_ann": run["energy"]["snn_over_ann"],
-            "energy_snn_over_quantised_ann": run["energy"].get("snn_over_quantised_ann"),
+            "energy_snn_over_qann": run["energy"]["snn_over_qann"],
+            "energy_snn_over_qann_zero_skip": run["energy"]["snn_over_qann_zero_skip"],
             "time_snn_over_ann": run["time"]["snn_over_ann"], "simulation": simulation,
             "closed_form_psnr_db": run["closed_form"]["paired"]["psnr_db"] if both else None,
             "count_differs_fraction": both["count_differs_fraction"] if both else None,

@@ -21,7 +21,8 @@ from ...core.errors import SdmError
 from ...core.images import save_grid_rows, to_uint8
 from ...core.settings import SamplingSettings
 from ...pretrained.loading import SourceModel
-from ..metrics.energy import Activity, ActivityMonitor, count_operations, energy_estimate
+from ..metrics.activity import Activity, ActivityMonitor
+from ..metrics.energy import closed_form_energy, count_operations, energy_estimate
 from . import distributed
 from .sampling import Trajectory, run_sampler
 
@@ -111,8 +112,7 @@ def _measure(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, 
     per_image = psnr(ann_images, snn_images)
     if closed_form:  # no spikes were simulated: nothing to count rates or energy from
         spike_rate = {"mean": None, "per_site": {}}
-        energy: dict[str, Any] = {"snn_over_ann": None,
-                                  "convention": "not measured: the closed form simulates no spikes (use --simulation both)"}
+        energy: dict[str, Any] = closed_form_energy()
     else:
         spike_rate = {"mean": total_spikes / max(total_steps, 1), "per_site": rates}
         energy = energy_estimate(snn, count_operations(snn), activity, rates)

@@ -9,8 +9,9 @@ from sdm.converter.convert import convert
 from sdm.converter.spiking.operations import ANALOG_PER_STEP, SPIKE_DRIVEN, classify_layers, operations_report
 from sdm.converter.spiking.policy import ConversionPolicy
 from sdm.converter.spiking.residual import feeding_site
-from sdm.eval.metrics.energy import (ActivityMonitor, count_operations, energy_estimate, fan_out, int_add_pj,
-                                     int_mult_pj, spike_units)
+from sdm.eval.metrics.activity import ActivityMonitor, spike_units
+from sdm.eval.metrics.costs import fan_out, int_add_pj, int_mult_pj
+from sdm.eval.metrics.energy import count_operations, energy_estimate
 from torch import nn
 
 
@@ -106,9 +107,51 @@ def test_energy_report_breaks_down_by_kind_and_compares_with_the_quantised_ann(t
     energy = energy_estimate(snn, count_operations(snn), activity, rates)
     rows = energy["by_kind_microjoules"]
     assert {"ResNet convs", "up-sampling convs", "attention products", "SNN-only elementwise", "conv_in"} <= set(rows)
-    assert sum(r["snn"] for r in rows.values()) == pytest.approx(energy["snn"]["microjoules"])
+    assert sum(r["snn_int"] for r in rows.values()) == pytest.approx(energy["snn"]["microjoules"])
     assert energy["activation_bits"] == 4  # 9 levels at T = 4, signed
     assert rows["conv_in"]["snn"] == rows["conv_in"]["ann"]  # analog, once per call
-    assert energy["snn_beats_quantised_ann"] == (energy["snn_over_quantised_ann"] < 1)
+    assert energy["snn_over_qann"] == pytest.approx(energy["snn"]["microjoules"] / energy["quantised_ann"]["microjoules"])
     # the stated scaling rule reproduces the cited 8-bit figures
     assert int_mult_pj(8, 8) == pytest.approx(0.2) and int_add_pj(8) == pytest.approx(0.03)
+
+
+def test_each_convention_on_a_hand_counted_layer(tiny_source, tiny_record):
+    """One spike-driven 3x3 convolution (stride 1, padding 1) fed by hand-made spikes at T = 2:
+    a binary spike at the centre (9 targets per output channel) at step 1, a graded spike of 2
+    units at a corner (4 targets) at step 2."""
+    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=2))
+    kinds = classify_layers(snn)
+    modules = dict(snn.unet.named_modules())
+    path = next(p for p, (kind, _) in kinds.items() if kind == SPIKE_DRIVEN and isinstance(modules[p], nn.Conv2d)
+                and modules[p].kernel_size == (3, 3) and modules[p].stride == (1, 1) and modules[p].padding == (1, 1))
+    conv, site = modules[path], feeding_site(modules[path])
+    theta = site.neuron.threshold_pos
+    x = torch.zeros(2, conv.in_channels, 5, 5)  # [T * B, C, H, W] with B = 1
+    x[0, 0, 2, 2] = theta[0]
+    x[1, 1, 0, 0] = 2 * theta[1]
+    monitor = ActivityMonitor(snn)
+    monitor._layer_hook(path)(conv, (x,))
+    activity, targets = monitor.activity, conv.out_channels
+    assert activity.layer_acs[path] == pytest.approx((1 * 9 + 2 * 4) * targets)  # units x AC
+    assert activity.layer_events[path] == pytest.approx((9 + 4) * targets)  # two events
+    binary, graded = int_add_pj(32), int_mult_pj(2, 8) + int_add_pj(32)  # 2 units: 2 payload bits
+    assert activity.layer_event_pj[path] == pytest.approx((9 * binary + 4 * graded) * targets)
+    assert activity.layer_nonzero_macs[path] == pytest.approx((9 + 4) * targets)  # two non-zero twin activations
+    assert dict(activity.step_units) == {0: 1.0, 1: 2.0} and activity.last_step_unit_fraction == pytest.approx(2 / 3)
+    assert activity.max_payload == 2
+
+
+def test_work_done_once_is_charged_once(tiny_source, tiny_record):
+    """Under deferred emission every spike waits for the last step: the synaptic-events convention
+    charges analog work once, the units x AC convention T times."""
+    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=4, emission="deferred"))
+    snn.set_monitor(True)
+    with torch.no_grad(), ActivityMonitor(snn) as activity:
+        snn(torch.randn(2, 3, 8, 8), torch.tensor([500, 300]))
+    rates = {name: n.spike_count / n.neuron_steps for name, n in snn.neurons().items()}
+    energy = energy_estimate(snn, count_operations(snn), activity, rates)
+    assert energy["charged_steps"] == 1 and energy["last_step_unit_fraction"] == 1.0
+    events, units = energy["by_kind_microjoules"], energy["units_x_ac"]["by_kind_microjoules"]
+    assert units["site GroupNorm + SiLU"]["snn"] == pytest.approx(4 * events["site GroupNorm + SiLU"]["snn"])
+    assert energy["max_payload"] >= 1 and 0 < energy["spikes_per_synapse"]
+    assert energy["snn_over_qann_zero_skip"] >= energy["snn_over_qann"]  # skipping zeros only makes the baseline cheaper

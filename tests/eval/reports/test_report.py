@@ -5,7 +5,8 @@ from sdm.eval.reports.report import FidContext, write_markdown
 
 def _run(label: str, psnr: float) -> dict:
     return {"label": label, "timesteps": 4, "paired": {"psnr_db": psnr, "eps_rel_l2": 0.1, "eps_cosine": 0.99},
-            "spike_rate": {"mean": 0.5}, "energy": {"snn_over_ann": 1.44, "convention": "45 nm"},
+            "spike_rate": {"mean": 0.5}, "energy": {"snn_over_ann": 1.44, "snn_over_qann": 2.0, "snn_over_qann_zero_skip": 3.0, "max_payload": 1,
+                       "last_step_unit_fraction": 0.3, "units_x_ac": {"snn_over_ann": 1.5}, "convention": "45 nm"},
             "time": {"snn_over_ann": 7.0}, "fid": FidContext.not_computed(8)}
 
 
