@@ -19,6 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...converter.spiking.layers import SpikingActivation
@@ -99,9 +100,23 @@ def sent_units(site: SpikingActivation, spikes: torch.Tensor, channel_dim: int =
     if delta is None:
         return spike_units(site, spikes, channel_dim)
     events = delta.events.flatten(0, 1)
-    if channel_dim == 1 and events.shape != spikes.shape:
-        raise ValueError(f"site {site.site} sent {tuple(events.shape)} but its layer received {tuple(spikes.shape)}")
-    return events if channel_dim == 1 else events.movedim(1, -1).reshape(spikes.shape)
+    if channel_dim != 1:
+        return events.movedim(1, -1).reshape(spikes.shape)
+    return _as_received(events, spikes.shape, site.site)
+
+
+def _as_received(events: torch.Tensor, shape: torch.Size, site: str) -> torch.Tensor:
+    """A site's events as its layer receives them: Upsample2D repeats every spike to 2x2
+    positions (nearest), Downsample2D pads the right and bottom with silence."""
+    if events.shape[:2] == shape[:2] and events.shape[2:] != shape[2:]:
+        (h, w), (height, width) = events.shape[2:], shape[2:]
+        if height % h == 0 and width % w == 0 and height // h == width // w > 1:
+            events = F.interpolate(events, scale_factor=height // h, mode="nearest")
+        elif 0 <= height - h <= 1 and 0 <= width - w <= 1:
+            events = F.pad(events, (0, width - w, 0, height - h))
+    if events.shape != shape:
+        raise ValueError(f"site {site} sent {tuple(events.shape)} but its layer received {tuple(shape)}")
+    return events
 
 
 class ActivityMonitor:

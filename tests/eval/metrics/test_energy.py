@@ -115,32 +115,6 @@ def test_energy_report_breaks_down_by_kind_and_compares_with_the_quantised_ann(t
     assert int_mult_pj(8, 8) == pytest.approx(0.2) and int_add_pj(8) == pytest.approx(0.03)
 
 
-def test_each_convention_on_a_hand_counted_layer(tiny_source, tiny_record):
-    """One spike-driven 3x3 convolution (stride 1, padding 1) fed by hand-made spikes at T = 2:
-    a binary spike at the centre (9 targets per output channel) at step 1, a graded spike of 2
-    units at a corner (4 targets) at step 2."""
-    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=2))
-    kinds = classify_layers(snn)
-    modules = dict(snn.unet.named_modules())
-    path = next(p for p, (kind, _) in kinds.items() if kind == SPIKE_DRIVEN and isinstance(modules[p], nn.Conv2d)
-                and modules[p].kernel_size == (3, 3) and modules[p].stride == (1, 1) and modules[p].padding == (1, 1))
-    conv, site = modules[path], feeding_site(modules[path])
-    theta = site.neuron.threshold_pos
-    x = torch.zeros(2, conv.in_channels, 5, 5)  # [T * B, C, H, W] with B = 1
-    x[0, 0, 2, 2] = theta[0]
-    x[1, 1, 0, 0] = 2 * theta[1]
-    monitor = ActivityMonitor(snn)
-    monitor._layer_hook(path)(conv, (x,))
-    activity, targets = monitor.activity, conv.out_channels
-    assert activity.layer_acs[path] == pytest.approx((1 * 9 + 2 * 4) * targets)  # units x AC
-    assert activity.layer_events[path] == pytest.approx((9 + 4) * targets)  # two events
-    binary, graded = int_add_pj(32), int_mult_pj(2, 8) + int_add_pj(32)  # 2 units: 2 payload bits
-    assert activity.layer_event_pj[path] == pytest.approx((9 * binary + 4 * graded) * targets)
-    assert activity.layer_nonzero_macs[path] == pytest.approx((9 + 4) * targets)  # two non-zero twin activations
-    assert dict(activity.step_units) == {0: 1.0, 1: 2.0} and activity.last_step_unit_fraction == pytest.approx(2 / 3)
-    assert activity.max_payload == 2
-
-
 def test_work_done_once_is_charged_once(tiny_source, tiny_record):
     """Under deferred emission every spike waits for the last step: the synaptic-events convention
     charges analog work once, the units x AC convention T times."""
