@@ -48,6 +48,23 @@ class Activity:
     step_units: dict[int, float] = field(default_factory=_counter)  # SNN step (0-based) -> spike units sent
     payloads: dict[int, float] = field(default_factory=_counter)  # units of one event -> how many events
 
+    @classmethod
+    def of(cls, snn: SpikingUNet2DModel) -> "Activity":
+        """An empty activity with a counter for everything `snn` can do, in a fixed order: the
+        keys must not depend on what a process ran, or the ranks of a sharded run would sum
+        different tables (a rank with no batch hung the others in their collective)."""
+        activity = cls()
+        for path, (kind, _) in classify_layers(snn).items():
+            if kind == SPIKE_DRIVEN:
+                for counter in LAYER_COUNTERS:
+                    getattr(activity, counter)[path] = 0.0
+        for path, module in snn.unet.named_modules():
+            if isinstance(module, SpikeDrivenAttention) and module.level == "full":
+                activity.attention[path].update(dict.fromkeys(("acs", "macs", "images"), 0.0))
+        activity.step_units.update(dict.fromkeys(range(snn.timesteps), 0.0))
+        activity.payloads.update(dict.fromkeys(range(1, payload_cap(snn) + 1), 0.0))
+        return activity
+
     def per_image(self, counter: str = "layer_acs") -> dict[str, float]:
         """One layer counter per image and UNet evaluation."""
         values = getattr(self, counter)
@@ -80,6 +97,12 @@ class Activity:
         """The share of spike units sent at the last SNN step."""
         total = sum(self.step_units.values())
         return self.step_units[max(self.step_units)] / total if total > 0 else None
+
+
+def payload_cap(snn: SpikingUNet2DModel) -> int:
+    """The largest payload the histogram tells apart: an event moves each side of a neuron by at
+    most T units, so 2T (a neuron whose both sides change at one step) bounds every event."""
+    return 2 * snn.timesteps
 
 
 def spike_units(site: SpikingActivation, spikes: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
@@ -131,7 +154,7 @@ class ActivityMonitor:
 
     def __init__(self, snn: SpikingUNet2DModel, activity: Activity | None = None) -> None:
         self.snn = snn
-        self.activity = Activity() if activity is None else activity
+        self.activity = Activity.of(snn) if activity is None else activity
         self._fan_outs: dict[tuple[str, int, int], torch.Tensor] = {}
         self._handles: list = []
 
@@ -160,7 +183,7 @@ class ActivityMonitor:
         per_step = units.unflatten(0, (self.snn.timesteps, -1)).flatten(1).sum(dim=1, dtype=torch.float64)
         for step, value in enumerate(per_step.tolist()):
             self.activity.step_units[step] += value
-        values, counts = torch.unique(units[units > 0], return_counts=True)
+        values, counts = torch.unique(units[units > 0].clamp(max=payload_cap(self.snn)), return_counts=True)
         for value, count in zip(values.tolist(), counts.tolist()):
             self.activity.payloads[int(value)] += count
 

@@ -83,7 +83,8 @@ def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tenso
                 closed = _measure(snn, source, noise, ann_run, settings, label, closed_form=True)
                 ratio = closed["time"]["snn_seconds_per_unet_eval"] / result["time"]["snn_seconds_per_unet_eval"]
                 result["closed_form"] = {key: closed[key] for key in ("paired", "time")}
-                result["equivalence"] = equivalence_section(snn, probe.inputs, ratio)
+                # rank 0 runs the first batch, whose calls the probe keeps; no collective inside
+                result["equivalence"] = equivalence_section(snn, probe.inputs, ratio) if distributed.is_writer() else None
             finally:
                 snn.set_coding(coding)
     result["simulation"] = simulation
@@ -96,7 +97,7 @@ def _measure(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, 
     snn.set_simulation("closed-form" if closed_form else "steps")
     snn.set_monitor(not closed_form)
     try:
-        activity = Activity()
+        activity = Activity.of(snn)
         with nullcontext() if closed_form else ActivityMonitor(snn, activity):
             run = _sample(eps or as_eps_function(snn), noise, source, settings, f"SNN sampling ({label})",
                           reference=as_eps_function(source.unet))

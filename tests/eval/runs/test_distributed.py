@@ -28,26 +28,35 @@ def models(tmp_path_factory):
     return root
 
 
-def _argv(models, out, seed="0"):
-    # 5 samples in batches of 2: three batches, so the ranks get unequal shares (2 and 1);
+def _argv(models, out, seed="0", samples="5", *extra):
+    # batches of 2: 5 samples give three batches, so the ranks get unequal shares (2 and 1);
     # ddpm: a stochastic sampler, whose per-batch generators must follow the global batch index
-    return ["ann-vs-snn", "--ann", str(models / "ann"), "--snn", str(models / "snn"), "--num-samples", "5",
-            "--steps", "2", "--batch-size", "2", "--sampler", "ddpm", "--seed", seed, "--out", str(out)]
+    return ["ann-vs-snn", "--ann", str(models / "ann"), "--snn", str(models / "snn"), "--num-samples", samples,
+            "--steps", "2", "--batch-size", "2", "--sampler", "ddpm", "--seed", seed, "--out", str(out), *extra]
 
 
-def test_two_gloo_processes_save_the_single_process_samples(models, tmp_path):
-    assert compare_main(_argv(models, tmp_path / "one")) == 0
+@pytest.mark.parametrize("samples", ["4", "5", "1"])  # even shards, uneven ones, an empty one (rank 1 runs nothing)
+def test_two_gloo_processes_save_the_single_process_samples(models, tmp_path, samples):
+    """Every collective is entered by every rank: the launch ends (a hang fails at the timeout)
+    with the single process's samples and numbers, `--simulation both` included."""
+    both = ("--simulation", "both")
+    assert compare_main(_argv(models, tmp_path / "one", "0", samples, *both)) == 0
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           COMPARE, *_argv(models, tmp_path / "two")], env=ENV, capture_output=True, text=True,
-                          timeout=300)
+                           COMPARE, *_argv(models, tmp_path / "two", "0", samples, *both)], env=ENV,
+                          capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     for name in ("samples_ann.npz", "samples_snn.npz"):
         one, two = np.load(tmp_path / "one" / name)["images"], np.load(tmp_path / "two" / name)["images"]
-        assert one.shape == (5, 8, 8, 3) and np.array_equal(one, two)
+        assert one.shape == (int(samples), 8, 8, 3) and np.array_equal(one, two)
     reports = [json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two")]
     assert reports[0]["processes"] == 1 and reports[1]["processes"] == 2
     for key in ("paired", "spike_rate"):
         assert reports[0][key] == reports[1][key]
+    runs = [r["runs"][0] for r in reports]
+    timing = "closed_form_over_steps_time"  # a measured time ratio, not a count
+    assert {k: v for k, v in runs[0]["equivalence"].items() if k != timing} == \
+        {k: v for k, v in runs[1]["equivalence"].items() if k != timing}
+    assert runs[0]["energy"]["snn_over_ann"] == pytest.approx(runs[1]["energy"]["snn_over_ann"])
     assert done.stdout.count("wrote ") == 1  # rank 0 alone reports and writes
 
 
