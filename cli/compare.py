@@ -20,6 +20,13 @@ from .common import (SamplingRun, add_ann_argument, add_output_arguments, add_sa
 PROG = "compare.py"
 
 
+def add_batches_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batches", type=Path, default=None,
+                        help="keep every finished sampling batch in this folder: a killed run started again with the "
+                             "same options continues where it stopped, with the same samples (FID over thousands of "
+                             "samples on a CPU; SNNs with --simulation closed-form)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(PROG, __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -34,11 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coding", default="rate",  # checked by converter.spiking.delta.check_coding
                    help="how the steps simulation sends spikes: rate (each evaluation all its spikes) or delta (each "
                         "neuron the change against the previous denoising step: the same samples, fewer events)")
+    add_batches_argument(p)
     add_output_arguments(p)
     f = add_subcommand(sub, "ann-fid", "sample one ANN and measure its FID against reference statistics")
     add_ann_argument(f, "ANN: a path or an embedded model name")
     f.add_argument("--fid-ref", type=Path, required=True, help="reference Inception statistics (.npz from eval.reference_stats)")
     add_sampling_arguments(f, num_samples=5000, steps=100, batch_size=64)
+    add_batches_argument(f)
     add_output_arguments(f)
     return parser
 
@@ -52,30 +61,35 @@ class CompareSettings(SamplingRun):
     fid: bool = False
     snn: tuple[Path, ...] = ()
     coding: str = "rate"
+    batches: Path | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "CompareSettings":
         return cls(command=args.command, ann=args.ann, sampling=sampling_settings(args), out=args.out,
                    overwrite=args.overwrite, fid_ref=args.fid_ref, fid=getattr(args, "fid", False),
                    snn=tuple(getattr(args, "snn", ())), simulation=getattr(args, "simulation", "steps"),
-                   coding=getattr(args, "coding", "rate"))
+                   coding=getattr(args, "coding", "rate"), batches=args.batches)
 
 
 def run(settings: CompareSettings) -> dict:
     # Heavy imports after parsing and validation (fast --help).
     from ..converter.spiking.delta import check_coding
     from ..converter.spiking.simulation import check_choice
+    from ..core.errors import SdmError
     from ..eval.reports.comparison import ann_fid, ann_vs_snn
     from ..eval.runs import distributed
+    from ..eval.runs.paired import KEPT_BATCHES_NEED_CLOSED_FORM
 
     check_choice(settings.simulation)
     check_coding(settings.coding, settings.simulation)
+    if settings.batches is not None and settings.command == "ann-vs-snn" and settings.simulation != "closed-form":
+        raise SdmError(KEPT_BATCHES_NEED_CLOSED_FORM)
     try:  # under torchrun: join the process group, every rank with the same settings
         sampling = replace(settings.sampling, device=distributed.start(asdict(settings), settings.sampling.device))
         if settings.command == "ann-fid":
-            return ann_fid(settings.ann, settings.fid_ref, sampling, settings.out, settings.overwrite)
+            return ann_fid(settings.ann, settings.fid_ref, sampling, settings.out, settings.overwrite, settings.batches)
         return ann_vs_snn(settings.ann, list(settings.snn), sampling, settings.out, settings.overwrite,
-                          settings.fid_ref, settings.fid, settings.simulation, settings.coding)
+                          settings.fid_ref, settings.fid, settings.simulation, settings.coding, settings.batches)
     finally:
         distributed.close()
 

@@ -326,6 +326,7 @@ ROWS: list[tuple[str, str, list[str], str, str | None]] = [
     ("compare-missing-fid-ref", COMPARE, [*PAIRED, "--fid-ref", "{missing}"], "not found", None),
     ("compare-text-fid-ref", COMPARE, [*PAIRED, "--fid-ref", "{text_pt}"], r"stat", None),
     ("compare-bad-sampler", COMPARE, [*PAIRED, "--sampler", "euler"], "invalid choice: 'euler'", None),
+    ("compare-batches-with-steps", COMPARE, [*PAIRED, "--batches", "{missing}"], "kept batches hold samples", None),
     ("compare-unknown-coding", COMPARE, [*PAIRED, "--coding", "burst"], r"unknown coding 'burst' \(choose from rate, delta\)", None),
     ("compare-delta-closed-form", COMPARE, [*PAIRED, "--coding", "delta", "--simulation", "closed-form"],
      "delta coding sends per-step spikes", None),

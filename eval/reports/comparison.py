@@ -18,7 +18,7 @@ from ...core.atomic import atomic_folder, ensure_free_target
 from ...core.images import save_grid_rows, save_npz_images, to_uint8
 from ...core.settings import SamplingSettings
 from ...pretrained.loading import SourceModel, load_source_model
-from ..metrics.fid import FeatureStats, InceptionFeatures, fid_from_stats
+from ..metrics.fid import FeatureStats, InceptionFeatures, fid_from_stats, file_sha256
 from ..runs import distributed
 from ..runs.paired import measure_snn, sample_ann
 from .plots import plot_metric_curves, plot_spike_rates
@@ -26,7 +26,7 @@ from .report import FidContext, write_markdown
 
 
 def ann_fid(ann: str, reference_path: Path, sampling: SamplingSettings, out: Path,
-            overwrite: bool) -> dict[str, Any] | None:
+            overwrite: bool, batches: Path | None = None) -> dict[str, Any] | None:
     """Sample the ANN from seeded noise and compare its Inception statistics with the reference.
 
     Under torchrun every rank samples its share; rank 0 alone measures and writes (others: None)."""
@@ -34,7 +34,7 @@ def ann_fid(ann: str, reference_path: Path, sampling: SamplingSettings, out: Pat
     reference = FeatureStats.load(reference_path)
     source = load_source_model(ann)
     source.unet.to(sampling.device)
-    _, run = sample_ann(source, sampling)
+    _, run = sample_ann(source, sampling, batches)
     if not distributed.is_writer():
         return None
     images = to_uint8(run.samples)
@@ -44,7 +44,7 @@ def ann_fid(ann: str, reference_path: Path, sampling: SamplingSettings, out: Pat
         "sampler": sampling.sampler, "steps": sampling.steps, "seed": sampling.seed, "device": str(sampling.device),
         "tf32": sampling.tf32, "processes": distributed.world_size(),
         "reference": {"path": str(reference_path), "source": reference.source, "split": reference.split,
-                      "count": reference.count},
+                      "count": reference.count, "sha256": file_sha256(reference_path)},
         "seconds_in_unet": run.unet_seconds,
     }
     with atomic_folder(out, overwrite=overwrite) as staging:
@@ -56,7 +56,7 @@ def ann_fid(ann: str, reference_path: Path, sampling: SamplingSettings, out: Pat
 
 def ann_vs_snn(ann: str, snn_folders: list[Path], sampling: SamplingSettings, out: Path, overwrite: bool,
                reference_path: Path | None = None, fid: bool = False,
-               simulation: str = "steps", coding: str = "rate") -> dict[str, Any] | None:
+               simulation: str = "steps", coding: str = "rate", batches: Path | None = None) -> dict[str, Any] | None:
     """Sample the ANN and every SNN from the same noises; paired metrics, rates, energy, time, FID.
     `coding`: how the SNNs' steps simulation sends spikes ("rate" or "delta", converter/spiking/delta.py).
 
@@ -71,12 +71,12 @@ def ann_vs_snn(ann: str, snn_folders: list[Path], sampling: SamplingSettings, ou
         snn.set_coding(coding)
         snns[label] = snn
     reference = FeatureStats.load(reference_path) if reference_path is not None else None
-    noise, ann_run = sample_ann(source, sampling)
+    noise, ann_run = sample_ann(source, sampling, batches)
     ann_images = to_uint8(ann_run.samples)
-    runs = [measure_snn(snn, source, noise, ann_run, sampling, label, simulation) for label, snn in snns.items()]
+    runs = [measure_snn(snn, source, noise, ann_run, sampling, label, simulation, batches) for label, snn in snns.items()]
     if not distributed.is_writer():
         return None
-    context = FidContext(ann_images, reference, str(sampling.device)) if fid or reference is not None else None
+    context = FidContext(ann_images, reference, str(sampling.device), reference_path) if fid or reference is not None else None
     for run in runs:
         run["fid"] = context.section(run["_images"]) if context else FidContext.not_computed(sampling.num_samples)
     with atomic_folder(out, overwrite=overwrite) as staging:

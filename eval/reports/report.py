@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics.fid import FeatureStats, InceptionFeatures, fid_from_stats, inception_score, inception_score_available
+from ..metrics.fid import (FeatureStats, InceptionFeatures, fid_from_stats, file_sha256, inception_score,
+                           inception_score_available)
 
 
 class FidContext:
@@ -16,9 +17,11 @@ class FidContext:
     The ANN's Inception features are computed once and reused for every SNN compared.
     """
 
-    def __init__(self, ann_images: np.ndarray, reference: FeatureStats | None, device: str) -> None:
+    def __init__(self, ann_images: np.ndarray, reference: FeatureStats | None, device: str,
+                 reference_path: Path | None = None) -> None:
         self.extractor = InceptionFeatures(device=device)
         self.reference = reference
+        self.reference_sha256 = file_sha256(reference_path) if reference_path is not None else None
         self.ann_stats = FeatureStats.from_features(self.extractor(ann_images))
         self.device = device
         self.is_available, self.is_reason = inception_score_available()
@@ -41,7 +44,8 @@ class FidContext:
             "ann": fid_from_stats(self.ann_stats, ref) if ref is not None else None,
             "snn": fid_from_stats(snn_stats, ref) if ref is not None else None,
             "snn_vs_ann": fid_from_stats(snn_stats, self.ann_stats),
-            "reference": None if ref is None else {"source": ref.source, "split": ref.split, "count": ref.count},
+            "reference": None if ref is None else {"source": ref.source, "split": ref.split, "count": ref.count,
+                                                   "sha256": self.reference_sha256},
             "num_samples": len(snn_images),
         }
         snn_is = self._inception_score(snn_images)

@@ -20,12 +20,15 @@ from ...core.diffusion import as_eps_function, initial_noise, sample_shape
 from ...core.errors import SdmError
 from ...core.images import save_grid_rows, to_uint8
 from ...core.settings import SamplingSettings
-from ...pretrained.loading import SourceModel
+from ...pretrained.loading import SourceModel, state_dict_fingerprint
 from ..metrics.activity import Activity, ActivityMonitor
 from ..metrics.energy import closed_form_energy, count_operations, energy_estimate
 from . import distributed
+from .batch_store import BatchStore
 from .sampling import Trajectory, run_sampler
 
+KEPT_BATCHES_NEED_CLOSED_FORM = ("kept batches hold samples, not spike counts: use --batches with --simulation "
+                                 "closed-form (or leave --batches out)")
 PEAK = 255.0
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; means use this cap
 
@@ -47,23 +50,38 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return 10.0 * np.log10(PEAK * PEAK / mse)
 
 
+def batch_store(folder: Path | None, label: str, model: str, settings: SamplingSettings, simulation: str,
+                paired: bool) -> BatchStore | None:
+    """The store of one model's finished batches under `folder` (None: batches are not kept)."""
+    if folder is None:
+        return None
+    identity = {"model": model, "sampler": settings.sampler, "steps": settings.steps, "seed": settings.seed,
+                "batch_size": settings.batch_size, "num_samples": settings.num_samples, "simulation": simulation,
+                "device": torch.device(settings.device).type, "tf32": settings.tf32, "eps_errors": paired}
+    return BatchStore(Path(folder) / label, identity)
+
+
 def _sample(unet, noise: torch.Tensor, source: SourceModel, settings: SamplingSettings, desc: str,
-            reference=None) -> Trajectory:
+            reference=None, store: BatchStore | None = None) -> Trajectory:
     """run_sampler over this process's share of the batches, gathered from every process."""
     part = run_sampler(unet, noise, settings.sampler, source.scheduler_config, settings.steps, settings.seed,
                        settings.batch_size, settings.device, reference=reference, desc=desc,
-                       chunks=distributed.my_batches(len(noise), settings.batch_size), tf32=settings.tf32)
+                       chunks=distributed.my_batches(len(noise), settings.batch_size), tf32=settings.tf32, store=store)
     return distributed.gather_trajectory(part)
 
 
-def sample_ann(source: SourceModel, settings: SamplingSettings) -> tuple[torch.Tensor, Trajectory]:
-    """The ANN's samples from the seeded noises, and those noises (for the SNNs to start from)."""
+def sample_ann(source: SourceModel, settings: SamplingSettings,
+               batches: Path | None = None) -> tuple[torch.Tensor, Trajectory]:
+    """The ANN's samples from the seeded noises, and those noises (for the SNNs to start from);
+    `batches`: keep (and reuse) finished batches there (eval/runs/batch_store.py)."""
     noise = initial_noise(settings.num_samples, sample_shape(source.unet), settings.seed)
-    return noise, _sample(as_eps_function(source.unet), noise, source, settings, "ANN sampling")
+    store = batch_store(batches, "ann", source.fingerprint, settings, "ann", paired=False)
+    return noise, _sample(as_eps_function(source.unet), noise, source, settings, "ANN sampling", store=store)
 
 
 def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, ann_run: Trajectory,
-                settings: SamplingSettings, label: str, simulation: str = "steps") -> dict[str, Any]:
+                settings: SamplingSettings, label: str, simulation: str = "steps",
+                batches: Path | None = None) -> dict[str, Any]:
     """Sample with the SNN from the ANN's noises and compute paired metrics, rates, energy, time.
 
     simulation: "steps" (spikes, rates, energy), "closed-form" (the quantised twin at the ANN's
@@ -71,8 +89,11 @@ def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tenso
     an `equivalence` section (converter/equivalence.py) on inputs the step sampler visited.
     """
     check_choice(simulation)
+    if batches is not None and simulation != "closed-form":
+        raise SdmError(KEPT_BATCHES_NEED_CLOSED_FORM)
     if simulation == "closed-form":
-        result = _measure(snn, source, noise, ann_run, settings, label, closed_form=True)
+        store = batch_store(batches, label, state_dict_fingerprint(snn.state_dict()), settings, simulation, paired=True)
+        result = _measure(snn, source, noise, ann_run, settings, label, closed_form=True, store=store)
     else:
         probe = ProbeRecorder(as_eps_function(snn), probe_calls(settings.steps)) if simulation == "both" else None
         result = _measure(snn, source, noise, ann_run, settings, label, closed_form=False, eps=probe)
@@ -92,7 +113,8 @@ def measure_snn(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tenso
 
 
 def _measure(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, ann_run: Trajectory,
-             settings: SamplingSettings, label: str, closed_form: bool, eps=None) -> dict[str, Any]:
+             settings: SamplingSettings, label: str, closed_form: bool, eps=None,
+             store: BatchStore | None = None) -> dict[str, Any]:
     coding = snn.coding
     snn.set_simulation("closed-form" if closed_form else "steps")
     snn.set_monitor(not closed_form)
@@ -100,7 +122,7 @@ def _measure(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, 
         activity = Activity.of(snn)
         with nullcontext() if closed_form else ActivityMonitor(snn, activity):
             run = _sample(eps or as_eps_function(snn), noise, source, settings, f"SNN sampling ({label})",
-                          reference=as_eps_function(source.unet))
+                          reference=as_eps_function(source.unet), store=store)
         activity = activity.summed(distributed.sum_counts)
         counts = distributed.sum_counts({name: (n.spike_count, n.neuron_steps) for name, n in snn.neurons().items()})
         rates = {name: spikes / max(steps, 1) for name, (spikes, steps) in counts.items()}

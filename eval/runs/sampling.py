@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ...core.devices import CallTimer, tf32_mode
 from ...core.diffusion import EpsFunction, run_trajectory, trajectory_length
+from .batch_store import BatchStore
 
 
 @dataclass
@@ -62,6 +63,7 @@ def run_sampler(
     desc: str = "sampling",
     chunks: Sequence[int] | None = None,
     tf32: bool = False,
+    store: BatchStore | None = None,
 ) -> Trajectory:
     """Sample from `noise` with `unet`; with `reference`, measure eps error at every step.
 
@@ -69,14 +71,16 @@ def run_sampler(
     a stochastic sampler's generator is keyed by the batch's global index, so a sample does not
     depend on which process runs its batch. UNet time is measured with device synchronisation
     (core.devices.CallTimer); TF32 stays off unless `tf32` (core.devices.set_tf32). Errors and
-    counters stay on the device until the end: no host sync per step.
+    counters stay on the device until the end: no host sync per step. With `store`, batches
+    finished by an earlier run are read back instead of sampled, and each new one is kept as soon
+    as it is done (eval/runs/batch_store.py), so a killed run continues where it stopped.
     """
     batches = noise.split(batch_size)
     chunks = list(range(len(batches))) if chunks is None else list(chunks)
     num_steps = trajectory_length(sampler, scheduler_config, steps)
     progress = tqdm(total=len(chunks) * num_steps, desc=desc, unit="step")
     outputs, rel, cos = [], [], []
-    timer, calls = CallTimer(device), [0]
+    timer, calls, stored_seconds = CallTimer(device), [0], [0.0]
     chunk_rel: list[torch.Tensor] = []
     chunk_cos: list[torch.Tensor] = []
 
@@ -94,23 +98,41 @@ def run_sampler(
             chunk_cos.append(torch.nn.functional.cosine_similarity(got, ref, dim=1))
         progress.update()
 
+    def _run_batch(index: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator(device="cpu").manual_seed(seed * 1000003 + index)
+        chunk_rel.clear()
+        chunk_cos.clear()
+        x = run_trajectory(timed, batches[index].to(device), sampler, scheduler_config, steps, generator, observe)
+        batch = {"samples": x.clamp(-1, 1).cpu()}
+        if reference is not None:
+            batch["eps_rel_l2"] = torch.stack(chunk_rel, dim=1).cpu()
+            batch["eps_cosine"] = torch.stack(chunk_cos, dim=1).cpu()
+        return batch
+
     with tf32_mode(tf32):
         for index in chunks:
-            generator = torch.Generator(device="cpu").manual_seed(seed * 1000003 + index)
-            chunk_rel.clear()
-            chunk_cos.clear()
-            x = run_trajectory(timed, batches[index].to(device), sampler, scheduler_config, steps, generator, observe)
-            outputs.append(x.clamp(-1, 1).cpu())
+            kept = store.load(index) if store is not None else None
+            if kept is None:
+                seconds, made = timer.seconds, calls[0]
+                kept = _run_batch(index)
+                if store is not None:
+                    store.save(index, {**kept, "seconds": torch.tensor([timer.seconds - seconds], dtype=torch.float64),
+                                       "calls": torch.tensor([calls[0] - made])})
+            else:
+                stored_seconds[0] += float(kept["seconds"])
+                calls[0] += int(kept["calls"])
+                progress.update(num_steps)
+            outputs.append(kept["samples"])
             if reference is not None:
-                rel.append(torch.stack(chunk_rel, dim=1).cpu())
-                cos.append(torch.stack(chunk_cos, dim=1).cpu())
+                rel.append(kept["eps_rel_l2"])
+                cos.append(kept["eps_cosine"])
     progress.close()
     indices = torch.arange(len(noise)).split(batch_size)
     return Trajectory(samples=torch.cat(outputs) if outputs else noise[:0].cpu(),
                       indices=torch.cat([indices[k] for k in chunks]) if chunks else torch.zeros(0, dtype=torch.long),
                       eps_rel_l2_samples=_rows(rel, num_steps) if reference is not None else None,
                       eps_cosine_samples=_rows(cos, num_steps) if reference is not None else None,
-                      unet_seconds=timer.seconds, unet_calls=calls[0])
+                      unet_seconds=timer.seconds + stored_seconds[0], unet_calls=calls[0])
 
 
 def _rows(parts: list[torch.Tensor], columns: int) -> torch.Tensor:

@@ -74,6 +74,16 @@ def test_delta_coding_gives_the_same_samples_for_fewer_events(converted, tmp_pat
     assert 0 < delta["energy"]["snn_over_ann"] < rate["energy"]["snn_over_ann"]
 
 
+def test_kept_batches_give_a_second_run_the_same_samples_without_sampling(converted, tmp_path):
+    argv = ["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "snn2"), "--num-samples", "3",
+            "--steps", "2", "--batch-size", "2", "--simulation", "closed-form", "--batches", str(tmp_path / "kept")]
+    assert compare_main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["ann", "snn2"]
+    assert compare_main([*argv, "--out", str(tmp_path / "b")]) == 0
+    for name in ("samples_ann.npz", "samples_snn.npz"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
 def refused(capsys, argv, tmp_path, expected):
     refused_by(compare_main, "compare.py", capsys, argv, tmp_path, expected, out_name="never")
 

@@ -1,0 +1,74 @@
+"""Finished sampling batches kept on disk, so a long run (FID over thousands of samples on a CPU)
+survives being killed and continues where it stopped.
+
+A store is a folder holding `identity.json` (everything a batch's samples depend on: the model's
+fingerprint, sampler, steps, seed, batch size, sample count, simulation) and one safetensors
+file per finished batch (`batch-000012.safetensors`: samples, per-step eps errors, UNet seconds
+and calls), each written atomically (core/atomic.py). Because the noise of sample i and the
+generator of batch k are functions of the seed alone (eval/runs/sampling.py), a batch computed
+in a later run is byte-identical to the one an uninterrupted run would have made. A store made
+with other options is refused in one line rather than mixed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from ...core.atomic import write_bytes, write_text
+from ...core.errors import SdmError
+
+IDENTITY = "identity.json"
+
+
+class BatchStoreError(SdmError):
+    """A batch store that belongs to another run, or cannot be read or written."""
+
+
+class BatchStore:
+    """One model's finished batches of one sampling run."""
+
+    def __init__(self, folder: Path, identity: dict[str, Any]) -> None:
+        self.folder = Path(folder)
+        self.identity = json.loads(json.dumps(identity, sort_keys=True, default=str))
+        path = self.folder / IDENTITY
+        if path.exists():
+            try:
+                found = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise BatchStoreError(f"unreadable batch store {self.folder}: {exc}") from None
+            if found != self.identity:
+                differing = sorted(k for k in set(found) | set(self.identity) if found.get(k) != self.identity.get(k))
+                raise BatchStoreError(f"batch store {self.folder} belongs to another run (differs in "
+                                      f"{', '.join(differing)}): use another folder or the same options")
+        else:
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BatchStoreError(f"cannot write batch store {self.folder}: {exc.strerror or exc}") from None
+            write_text(path, json.dumps(self.identity, indent=2, sort_keys=True), BatchStoreError)
+
+    def _path(self, index: int) -> Path:
+        return self.folder / f"batch-{index:06d}.safetensors"
+
+    def finished(self) -> list[int]:
+        return sorted(int(p.stem.split("-")[1]) for p in self.folder.glob("batch-*.safetensors"))
+
+    def load(self, index: int) -> dict[str, torch.Tensor] | None:
+        """A finished batch's tensors, or None when it has not been run yet."""
+        path = self._path(index)
+        if not path.exists():
+            return None
+        try:
+            return load_tensors(path.read_bytes())
+        except (OSError, SafetensorError) as exc:
+            raise BatchStoreError(f"unreadable batch {path}: {exc}") from None
+
+    def save(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
+        write_bytes(self._path(index), save_tensors({k: v.contiguous() for k, v in tensors.items()}), BatchStoreError)

@@ -1,0 +1,55 @@
+"""Kept batches: a killed run continues with byte-identical samples; another run's store is refused."""
+
+import pytest
+import torch
+from sdm.core.diffusion import as_eps_function
+from sdm.eval.runs.batch_store import BatchStore, BatchStoreError
+from sdm.eval.runs.sampling import run_sampler
+
+IDENTITY = {"model": "tiny", "sampler": "ddpm", "steps": 3, "seed": 5, "batch_size": 2, "num_samples": 5}
+
+
+class Killed(Exception):
+    pass
+
+
+def _sample(tiny_source, eps, store=None):
+    noise = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    return run_sampler(eps, noise, "ddpm", tiny_source.scheduler_config, 3, seed=5, batch_size=2,
+                       reference=as_eps_function(tiny_source.unet), store=store)
+
+
+def test_a_killed_run_continues_with_the_same_samples(tiny_source, tmp_path):
+    ann = as_eps_function(tiny_source.unet)
+    uninterrupted = _sample(tiny_source, ann)
+    calls = [0]
+
+    def dies_in_the_second_batch(x, t):
+        calls[0] += 1
+        if calls[0] == 5:  # 3 steps per batch: the first batch is done, the second is not
+            raise Killed
+        return ann(x, t)
+
+    with pytest.raises(Killed):
+        _sample(tiny_source, dies_in_the_second_batch, BatchStore(tmp_path / "ann", IDENTITY))
+    assert BatchStore(tmp_path / "ann", IDENTITY).finished() == [0]
+    resumed = _sample(tiny_source, ann, BatchStore(tmp_path / "ann", IDENTITY))
+    assert torch.equal(resumed.samples, uninterrupted.samples)
+    assert resumed.samples.numpy().tobytes() == uninterrupted.samples.numpy().tobytes()
+    assert torch.equal(resumed.eps_rel_l2_samples, uninterrupted.eps_rel_l2_samples)
+    assert resumed.unet_calls == uninterrupted.unet_calls == 9
+
+    def must_not_run(x, t):
+        raise AssertionError("every batch is kept: nothing is sampled again")
+
+    again = _sample(tiny_source, must_not_run, BatchStore(tmp_path / "ann", IDENTITY))
+    assert torch.equal(again.samples, uninterrupted.samples)
+
+
+def test_a_store_of_another_run_is_refused_in_one_line(tmp_path):
+    BatchStore(tmp_path / "s", IDENTITY)
+    with pytest.raises(BatchStoreError, match="belongs to another run \\(differs in seed\\)"):
+        BatchStore(tmp_path / "s", {**IDENTITY, "seed": 6})
+    (tmp_path / "s" / "batch-000000.safetensors").write_bytes(b"not a batch")
+    with pytest.raises(BatchStoreError, match="unreadable batch"):
+        BatchStore(tmp_path / "s", IDENTITY).load(0)
