@@ -202,8 +202,10 @@ class SpikingActivation(TimeFolded):
             return self.twin(current)
         self.neuron.reset()
         tsm = () if self.tsm is None else (self.tsm,)
-        delta_coded = getattr(self.neuron, "delta", None) is not None  # the kernel has no per-side emissions to code
-        if not delta_coded and site_kernel.applicable(current, self.neuron.threshold_pos, self.neuron.threshold_neg,
+        # the kernel returns spikes and their total only: delta coding and a monitored exact neuron (which records
+        # the units each element sends) need the per-side emissions of GradedIFNode.forward
+        per_side = self.exact and (self.neuron.delta is not None or self.neuron.monitor)
+        if not per_side and site_kernel.applicable(current, self.neuron.threshold_pos, self.neuron.threshold_neg,
                                                       self.output_shift, *tsm):
             return self._fused_forward(current)
         if self.exact:

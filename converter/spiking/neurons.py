@@ -99,6 +99,7 @@ class SiteNeuron(nn.Module):
     def reset_monitor(self) -> None:
         self._spikes: torch.Tensor | float = 0.0
         self.neuron_steps = 0
+        self.sent_units = None
 
 
 class GradedIFNode(SiteNeuron):
@@ -116,6 +117,7 @@ class GradedIFNode(SiteNeuron):
         self.max_payload = max_payload
         self.onset, self.margin = onset, margin
         self.delta: DeltaState | None = None  # set while the model runs delta coding (converter/spiking/delta.py)
+        self.sent_units: torch.Tensor | None = None  # while monitoring: units sent per element and step, last call
 
     def reset(self) -> None:
         """Nothing to clear: no state outlives a call (same interface as the single-spike neuron)."""
@@ -137,8 +139,11 @@ class GradedIFNode(SiteNeuron):
         if self.signed:
             spikes = spikes - theta_neg * changes[1]
         if self.monitor:
-            sent = self.delta.events.sum() if self.delta is not None else sum(c.detach().abs().sum() for c in changes)
-            self.count_spikes(sent, spikes.numel())
+            sent = self.delta.events if self.delta is not None else sum(c.detach().abs() for c in changes)
+            # what each element sent at each step, in whole units per side: the spikes' value alone cannot say
+            # (a take-back of -theta_pos would read as OFF spikes of theta_neg)
+            self.sent_units = sent.to(torch.uint8)
+            self.count_spikes(sent.sum(), spikes.numel())
         return spikes
 
     def _emitted(self, counts: torch.Tensor) -> torch.Tensor:

@@ -117,12 +117,12 @@ def spike_units(site: SpikingActivation, spikes: torch.Tensor, channel_dim: int 
 
 def sent_units(site: SpikingActivation, spikes: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
     """Spike units per element that `site` sent to make `spikes` (its output, as a layer receives
-    it): the spikes' own units under rate coding; under delta coding the units of the changes the
-    site sent (converter/spiking/delta.py), which the receiver added to what it held."""
-    delta = getattr(site.neuron, "delta", None)
-    if delta is None:
+    it). An exact neuron records them per side while monitored (under delta coding: the units of
+    the changes it sent, converter/spiking/delta.py); a single-spike neuron's are its spikes."""
+    recorded = getattr(site.neuron, "sent_units", None)
+    if recorded is None:
         return spike_units(site, spikes, channel_dim)
-    events = delta.events.flatten(0, 1)
+    events = recorded.flatten(0, 1).to(spikes.dtype)
     if channel_dim != 1:
         return events.movedim(1, -1).reshape(spikes.shape)
     return _as_received(events, spikes.shape, site.site)
@@ -157,8 +157,12 @@ class ActivityMonitor:
         self.activity = Activity.of(snn) if activity is None else activity
         self._fan_outs: dict[tuple[str, int, int], torch.Tensor] = {}
         self._handles: list = []
+        self._monitoring: dict[str, bool] = {}
 
     def __enter__(self) -> Activity:
+        self._monitoring = {name: neuron.monitor for name, neuron in self.snn.neurons().items()}
+        for neuron in self.snn.neurons().values():
+            neuron.monitor = True  # exact neurons then record the units they send (sent_units)
         kinds = classify_layers(self.snn)
         modules = dict(self.snn.unet.named_modules())
         for path, (kind, _) in kinds.items():
@@ -177,6 +181,9 @@ class ActivityMonitor:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for name, neuron in self.snn.neurons().items():
+            neuron.monitor = self._monitoring[name]
+            neuron.sent_units = None
 
     def _record_steps(self, units: torch.Tensor) -> None:
         """Units per SNN step and the payload histogram, from [T*B, ...] units."""

@@ -52,3 +52,13 @@ def test_delta_coding_counts_the_first_evaluation_in_full_and_then_less(tiny_sou
         counted[coding] = per_call
     assert counted["delta"][0] == pytest.approx(counted["rate"][0])
     assert counted["delta"][1] < counted["rate"][1]
+
+
+def test_a_take_back_is_one_unit(tiny_source, tiny_record):
+    """Binary spikes with take-backs (eager emission, one unit per step and side): a take-back of
+    -theta_pos is one ON unit, not |theta_pos| / theta_neg OFF units (what its value alone suggests)."""
+    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=4, emission="eager", max_payload=1))
+    with torch.no_grad(), ActivityMonitor(snn) as activity:
+        snn(torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([900, 600, 300, 20]))
+    assert activity.max_payload <= 2  # at most one unit per side and step
+    assert not any(n.monitor for n in snn.neurons().values())  # the monitor flags are restored
