@@ -120,7 +120,7 @@ class SpikingActivation(TimeFolded):
 
     def __init__(self, site: str, norm: nn.Module, activation: nn.Module, channels: int, timesteps: int,
                  signed: bool, membrane_init: float, neuron: str = "exact", max_payload: int | None = None,
-                 emission: tuple[int, int] = (0, 0)) -> None:
+                 emission: tuple[int, int, bool] = (0, 0, False)) -> None:
         super().__init__()
         self.site = site
         self.timesteps = timesteps
@@ -128,7 +128,8 @@ class SpikingActivation(TimeFolded):
         self.activation = activation
         if neuron == "exact":
             self.neuron = GradedIFNode(channels, signed=signed, membrane_init=membrane_init, timesteps=timesteps,
-                                       max_payload=max_payload, onset=emission[0], margin=emission[1])
+                                       max_payload=max_payload, onset=emission[0], margin=emission[1],
+                                       spread=emission[2])
         elif neuron == "single-spike":
             self.neuron = SignedIFNode(channels, signed=signed, membrane_init=membrane_init)
         else:

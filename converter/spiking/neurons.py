@@ -17,7 +17,12 @@ emits nothing in its first `onset` steps, then follows increases of its target c
 takes back spikes only once the target has fallen more than `margin` units below what it has
 emitted; at the last step it emits exactly the target. (0, 0) tracks the target every step
 ("eager"); onset T - 1 emits only at the last step ("deferred": |count| units, but a one-step
-graded network).
+graded network). `spread` (the default schedule) sends the final count c as binary spikes, one
+unit per step at most: by step t a side has sent round(t * c / T) units, i.e. what an eager
+neuron holding its final drive would send. That needs c before step 1 of the site's window, so a
+site's window starts when its inputs' windows end (a layer-pipelined network: the latency of one
+UNet evaluation is its depth times T steps, its throughput one evaluation per T steps); in the
+simulation, where all windows are aligned, the spikes are placed from the count at step T.
 
 `SignedIFNode` ("single-spike", the neuron of earlier versions, kept for comparison): one spike
 of +theta_pos or -theta_neg per step at most; it lags behind late or sign-swinging drive and mixes
@@ -110,12 +115,12 @@ class GradedIFNode(SiteNeuron):
     """
 
     def __init__(self, channels: int, signed: bool, membrane_init: float, timesteps: int,
-                 max_payload: int | None = None, onset: int = 0, margin: int = 0) -> None:
+                 max_payload: int | None = None, onset: int = 0, margin: int = 0, spread: bool = False) -> None:
         super().__init__()
         self._setup(channels, signed, membrane_init)
         self.timesteps = timesteps
         self.max_payload = max_payload
-        self.onset, self.margin = onset, margin
+        self.onset, self.margin, self.spread = onset, margin, spread
         self.delta: DeltaState | None = None  # set while the model runs delta coding (converter/spiking/delta.py)
         self.sent_units: torch.Tensor | None = None  # while monitoring: units sent per element and step, last call
 
@@ -124,7 +129,8 @@ class GradedIFNode(SiteNeuron):
 
     @property
     def bounded(self) -> bool:
-        return self.max_payload is not None and self.max_payload < self.timesteps
+        """Whether a payload bound can hold a side back (spread emission never sends more than 1)."""
+        return self.max_payload is not None and self.max_payload < self.timesteps and not self.spread
 
     def forward(self, cumulative: torch.Tensor) -> torch.Tensor:
         steps = cumulative.shape[0]
@@ -149,7 +155,9 @@ class GradedIFNode(SiteNeuron):
     def _emitted(self, counts: torch.Tensor) -> torch.Tensor:
         """Counts actually emitted by each step: the ideal ones, or as the emission schedule holds
         them back before the last step, or with at most B spikes per step chasing them (the
-        remainder carried to later steps)."""
+        remainder carried to later steps), or the final count spread evenly over the steps."""
+        if self.spread:
+            return _spread(counts[-1], counts.shape[0])
         if not self.bounded and self.onset <= 0 and self.margin <= 0:
             return counts
         last = counts.shape[0] - 1
@@ -165,6 +173,18 @@ class GradedIFNode(SiteNeuron):
             total = target
             emitted.append(total)
         return torch.stack(emitted)
+
+
+def _spread(final: torch.Tensor, steps: int) -> torch.Tensor:
+    """[T, ...] counts sent by each step when a final count c <= T goes out as round(t * c / T) by
+    step t (halves up): whole numbers rising by 0 or 1 per step, c at step T. Under autograd the
+    gradient is that of the linear ramp t * c / T (straight through the rounding)."""
+    t = torch.arange(1, steps + 1, device=final.device, dtype=final.dtype).view(-1, *([1] * final.dim()))
+    ramp = final.unsqueeze(0) * t
+    exact = torch.div(2 * ramp.detach() + steps, 2 * steps, rounding_mode="floor")
+    if final.requires_grad:
+        return ramp / steps + (exact - ramp / steps).detach()
+    return exact
 
 
 def _changes(counts: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ THRESHOLD_METHODS = ("max", "percentile", "mse")
 GRANULARITIES = ("channel", "layer", "auto")
 NEURONS = ("exact", "single-spike")
 SPIKING_LEVELS = ("hybrid", "residual", "full")
-EMISSIONS = ("eager", "hysteresis", "deferred")
+EMISSIONS = ("spread", "eager", "hysteresis", "deferred")
 ATTENTION_PROBABILITIES = ("analog", "spiking")
 LEGACY_SPIKING = "hybrid"  # what a saved policy without the field meant: it predates the other levels
 LEGACY_EMISSION = "eager"  # likewise: neurons emitted every step before schedules existed
@@ -35,10 +35,14 @@ class ConversionPolicy:
         (converter/spiking/neurons.py); "single-spike" the one-spike-per-step IF neuron of earlier versions.
     max_payload: spikes a side of an exact neuron may emit per step (None: T, which is exact).
     emission: when an exact neuron emits its count (the count at step T, all that the network's
-        output depends on, is the twin's under every schedule): "eager" follows the target count
-        every step; "hysteresis" is silent for `emission_onset` steps, then follows increases at once
+        output depends on, is the twin's under every schedule): "spread" (default) sends the final
+        count c as c binary spikes spread evenly over the T steps (at most one unit per side and
+        step, exact; a site's window follows its inputs', so the network is layer-pipelined: see
+        docs/method.md "Emission schedules"); "eager" follows the target count every step (causal,
+        graded unless max_payload bounds it, then inexact); "hysteresis" is silent for `emission_onset` steps, then follows increases at once
         and takes back only when the target has fallen more than `emission_margin` units below what
-        was emitted, exact at the last step; "deferred" emits only at the last step. Single-spike
+        was emitted, exact at the last step; "deferred" emits only at the last step, one graded spike of c units (a one-step
+        quantised ANN). Single-spike
         neurons have no count to schedule and ignore it.
     negative_lobe: "signed" neurons emit -1/+1 spikes and follow SiLU exactly (its negative lobe
         included); "relu" uses plain IF neurons, i.e. a ReLU proxy for SiLU.
@@ -71,7 +75,7 @@ class ConversionPolicy:
     timesteps: int = 4
     neuron: str = "exact"
     max_payload: int | None = None
-    emission: str = "deferred"
+    emission: str = "spread"
     emission_margin: int = 1
     emission_onset: int = 1
     negative_lobe: str = "signed"
@@ -119,17 +123,25 @@ class ConversionPolicy:
             raise PolicyError(f"threshold scale must be > 0, got {self.threshold_scale}")
         if not self.off_threshold_scale > 0.0:
             raise PolicyError(f"off threshold scale must be > 0, got {self.off_threshold_scale}")
+        onset, _, spread = self.emission_schedule
+        if (self.neuron == "exact" and not spread and self.max_payload is not None
+                and (self.timesteps - onset) * self.max_payload < self.timesteps):
+            raise PolicyError(f"{self.emission} emission sends in the last {self.timesteps - onset} of {self.timesteps} "
+                              f"steps: --max-payload {self.max_payload} can never carry a count of {self.timesteps} "
+                              f"(use --emission eager, a smaller --emission-onset, or a larger --max-payload)")
         if self.layerwise and self.off_threshold_scale != 1.0:
             raise PolicyError("off threshold scale applies to calibrated thresholds; layer-wise matching refits them")
 
     @property
-    def emission_schedule(self) -> tuple[int, int]:
-        """(onset, margin) of the exact neurons (converter/neurons.GradedIFNode)."""
+    def emission_schedule(self) -> tuple[int, int, bool]:
+        """(onset, margin, spread) of the exact neurons (converter/spiking/neurons.GradedIFNode)."""
+        if self.emission == "spread":
+            return 0, 0, True
         if self.emission == "hysteresis":
-            return self.emission_onset, self.emission_margin
+            return self.emission_onset, self.emission_margin, False
         if self.emission == "deferred":
-            return self.timesteps - 1, 0
-        return 0, 0
+            return self.timesteps - 1, 0, False
+        return 0, 0, False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

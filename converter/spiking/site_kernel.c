@@ -115,6 +115,22 @@ static inline float side_step(float drive, float theta, float init, float top, i
     return change;
 }
 
+/* Spread emission: final counts (on, off) of one element sent as round(t * c / T) units by step t
+   (halves up: floor((2 t c + T) / 2T)), written over all T steps of `x` (stride between steps),
+   as GradedIFNode's _spread does: theta_pos * dON - theta_neg * dOFF + shift. */
+static void spread_units(float *x, int64_t stride, int64_t steps, float tp, float on, float tn, float off, float sh) {
+    const int64_t c_on = (int64_t)on, c_off = (int64_t)off;
+    int64_t sent_on = 0, sent_off = 0;
+    for (int64_t t = 1; t <= steps; ++t) {
+        const int64_t by_on = (2 * t * c_on + steps) / (2 * steps), by_off = (2 * t * c_off + steps) / (2 * steps);
+        float w = tp * (float)(by_on - sent_on);
+        w = w - tn * (float)(by_off - sent_off);
+        x[(t - 1) * stride] = w + sh;
+        sent_on = by_on;
+        sent_off = by_off;
+    }
+}
+
 /* The exact (graded-spike) neuron: expectation-compensated cumulative drive, ON/OFF counts, their
    per-step changes weighted by the thresholds, output shift, in place.
 
@@ -124,12 +140,13 @@ static inline float side_step(float drive, float theta, float init, float top, i
    (signed sites only): sdm.core.quantise.side_count. Before the last step the emission schedule
    (GradedIFNode.onset, .margin) holds a side back: silent in its first `onset` steps, take-backs of
    at most `margin` units deferred. With max_payload > 0 each side emits at most that many spikes
-   per step and carries the rest. Written: theta_pos * dON - theta_neg * dOFF + shift. Returns the number of spike units (|dON| + |dOFF| summed), -1 if out of memory. */
+   per step and carries the rest. With `spread`, each side is silent until the last step and then
+   sends its final count spread over the T steps (spread_units). Written: theta_pos * dON - theta_neg * dOFF + shift. Returns the number of spike units (|dON| + |dOFF| summed), -1 if out of memory. */
 SDM_CLONES
 int64_t fire_exact(float *restrict values, int64_t steps, int64_t rows, int64_t hw, int64_t channels,
                    const float *threshold_pos, const float *threshold_neg, float scale, float init,
                    int64_t is_signed, const float *tsm, const float *shift, int64_t max_payload,
-                   int64_t onset, int64_t margin_units, int64_t begin, int64_t end) {
+                   int64_t onset, int64_t margin_units, int64_t spread, int64_t begin, int64_t end) {
     float *restrict scratch = (float *)malloc(sizeof(float) * 3 * (size_t)hw);
     double *restrict sum = (double *)malloc(sizeof(double) * (size_t)hw);
     if (scratch == NULL || sum == NULL) { free(scratch); free(sum); return -1; }
@@ -146,7 +163,7 @@ int64_t fire_exact(float *restrict values, int64_t steps, int64_t rows, int64_t 
         for (int64_t t = 0; t < steps; ++t) {
             float *restrict x = values + t * step_stride + r * hw;
             const float count = (float)(t + 1);
-            const int last = t == steps - 1, silent = !last && t < onset;
+            const int last = t == steps - 1, silent = !last && (spread || t < onset);
             const float step_margin = last ? 0.0f : margin;
             for (int64_t i = 0; i < hw; ++i) {
                 float value = x[i];
@@ -162,15 +179,16 @@ int64_t fire_exact(float *restrict values, int64_t steps, int64_t rows, int64_t 
                 }
                 const float positive = cumulative < 0.0f ? 0.0f : cumulative;
                 const float d_on = side_step(positive, tp, init, top, silent, step_margin, bound, &on_emitted[i]);
-                float w = tp * d_on;
+                float w = tp * d_on, d_off = 0.0f;
                 fired += (int64_t)fabsf(d_on);
                 if (is_signed) {
                     const float negative = -cumulative < 0.0f ? 0.0f : -cumulative;
-                    const float d_off = side_step(negative, tn, init, top, silent, step_margin, bound, &off_emitted[i]);
+                    d_off = side_step(negative, tn, init, top, silent, step_margin, bound, &off_emitted[i]);
                     w = w - tn * d_off;
                     fired += (int64_t)fabsf(d_off);
                 }
                 x[i] = w + sh;
+                if (spread && last) spread_units(values + r * hw + i, step_stride, steps, tp, d_on, tn, d_off, sh);
             }
         }
         units += fired;

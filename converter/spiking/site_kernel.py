@@ -89,7 +89,7 @@ def _library() -> ctypes.CDLL | None:
                                    _int, _pointer, _pointer, _int, _int]
     library.fire_sites.restype = _int
     library.fire_exact.argtypes = [_pointer, _int, _int, _int, _int, _pointer, _pointer, ctypes.c_float, ctypes.c_float,
-                                   _int, _pointer, _pointer, _int, _int, _int, _int, _int]
+                                   _int, _pointer, _pointer, _int, _int, _int, _int, _int, _int]
     library.fire_exact.restype = _int
     return library
 
@@ -161,7 +161,7 @@ def fire(values: torch.Tensor, neuron: SiteNeuron, shift: torch.Tensor, tsm: tor
     if isinstance(neuron, GradedIFNode):
         payload = neuron.max_payload if neuron.bounded else 0
         constants = (*pointers, scale, neuron.membrane_init, int(neuron.signed), _address(tsm), shift.data_ptr(), payload,
-                     neuron.onset, neuron.margin)
+                     neuron.onset, neuron.margin, int(neuron.spread))
         kernel = library.fire_exact
     else:
         constants = (*pointers, scale, 1.0 - neuron.membrane_init, int(neuron.signed), _address(tsm), shift.data_ptr())

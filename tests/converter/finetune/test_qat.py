@@ -95,7 +95,7 @@ def test_thresholds_stay_positive_under_a_push_to_zero(tiny_source, tiny_record)
 def test_models_without_an_equal_twin_are_refused(tiny_source, tiny_record):
     cases = [
         (ConversionPolicy(timesteps=4, neuron="single-spike"), "single-spike"),
-        (ConversionPolicy(timesteps=4, max_payload=1), "max-payload"),
+        (ConversionPolicy(timesteps=4, max_payload=1, emission="eager"), "max-payload"),
         (ConversionPolicy(timesteps=4, attention="instant"), "per-step attention"),
     ]
     for policy, message in cases:

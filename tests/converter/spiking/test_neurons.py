@@ -105,7 +105,7 @@ def _drives(timesteps: int, generator: torch.Generator) -> dict[str, torch.Tenso
 
 
 def _exact_site(signed: bool, timesteps: int, generator: torch.Generator, init: float = 0.5,
-                emission: tuple[int, int] = (0, 0)) -> SpikingActivation:
+                emission: tuple[int, int, bool] = (0, 0, False)) -> SpikingActivation:
     site = SpikingActivation("s", torch.nn.Identity(), torch.nn.SiLU(), 4, timesteps=timesteps, signed=signed,
                              membrane_init=init, emission=emission)
     site.neuron.threshold_pos.copy_(torch.rand(4, generator=generator) + 0.2)
@@ -124,11 +124,12 @@ def _net_counts(site: SpikingActivation, spikes: torch.Tensor) -> tuple[torch.Te
 
 @pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize("grad", [False, True])
-@pytest.mark.parametrize("schedule", ["eager", "hysteresis", "deferred"])
+@pytest.mark.parametrize("schedule", ["spread", "eager", "hysteresis", "deferred"])
 def test_exact_site_count_equals_the_twin_for_every_drive_and_T(signed, grad, schedule):
     generator = torch.Generator().manual_seed(11)
     for timesteps in range(1, 17):
-        emission = {"eager": (0, 0), "hysteresis": (timesteps % 3, 1 + timesteps % 2), "deferred": (timesteps - 1, 0)}
+        emission = {"spread": (0, 0, True), "eager": (0, 0, False), "hysteresis": (timesteps % 3, 1 + timesteps % 2, False),
+                    "deferred": (timesteps - 1, 0, False)}
         site = _exact_site(signed, timesteps, generator, init=0.5 if timesteps % 2 else 0.0,
                            emission=emission[schedule])
         site.neuron.threshold_scale = 1.0 if timesteps % 3 else 0.9  # threshold guidance included
@@ -168,7 +169,8 @@ def test_emission_schedules_hold_back_spikes_and_end_on_the_same_count():
     current = torch.tensor([3.0, 0.0, 0.0, -40.0, 0.0, 0.0]).view(6, 1, 1).expand(6, 1, 4).contiguous()
     wobble = torch.tensor([0.6, 1.6, -1.0, 1.6, 0.0, 0.0]).view(6, 1, 1).expand(6, 1, 4).contiguous()
     emitted = {}
-    for emission in [(0, 0), (2, 0), (0, 1), (5, 0)]:
+    schedules = [(0, 0, False), (2, 0, False), (0, 1, False), (5, 0, False), (0, 0, True)]
+    for emission in schedules:
         site = SpikingActivation("s", torch.nn.Identity(), torch.nn.Identity(), 4, timesteps=6, signed=True,
                                  membrane_init=0.5, emission=emission)
         site.neuron.threshold_neg.fill_(0.25)
@@ -176,16 +178,21 @@ def test_emission_schedules_hold_back_spikes_and_end_on_the_same_count():
         with torch.no_grad():
             emitted[emission] = [site(c.flatten(0, 1)).unflatten(0, (6, -1))[:, 0, 0].tolist() for c in (current, wobble)]
         emitted[emission].append(site.neuron.spike_count / 4)
-    assert emitted[(0, 0)][0] == [1.0, 1.0, 1.0, -4.0, -0.25, -0.25]
-    assert emitted[(2, 0)][0] == [0.0, 0.0, 3.0, -4.0, -0.25, -0.25]  # silent for two steps, then eager
-    assert emitted[(5, 0)][0] == [0.0, 0.0, 0.0, 0.0, 0.0, -1.5]  # deferred: |count| units, at step T only
+    eager, late, margin, deferred, spread = schedules
+    assert emitted[eager][0] == [1.0, 1.0, 1.0, -4.0, -0.25, -0.25]
+    assert emitted[late][0] == [0.0, 0.0, 3.0, -4.0, -0.25, -0.25]  # silent for two steps, then eager
+    assert emitted[deferred][0] == [0.0, 0.0, 0.0, 0.0, 0.0, -1.5]  # deferred: |count| units, at step T only
+    # spread: the final OFF count 6 as one binary spike per step; wobble's final ON count 3 as
+    # round(3 t / 6) by step t: 1, 1, 2, 2, 3, 3 (halves up)
+    assert emitted[spread][0] == [-0.25] * 6
+    assert emitted[spread][1] == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
     # wobble: running means 0.6, 1.1, 0.4, 0.7, 0.56, 0.47 -> ON targets 1, 2, 1, 3, 3, 3: eager takes
     # one spike back at step 3 and re-emits it; a margin of 1 keeps it
-    assert emitted[(0, 0)][1] == [1.0, 1.0, -1.0, 2.0, 0.0, 0.0]
-    assert emitted[(0, 1)][1] == [1.0, 1.0, 0.0, 1.0, 0.0, 0.0]
+    assert emitted[eager][1] == [1.0, 1.0, -1.0, 2.0, 0.0, 0.0]
+    assert emitted[margin][1] == [1.0, 1.0, 0.0, 1.0, 0.0, 0.0]
     for got in emitted.values():
         assert sum(got[0]) == -1.5 and sum(got[1]) == 3.0  # the same final counts: the twin's
-    assert [emitted[e][2] for e in [(0, 0), (2, 0), (0, 1), (5, 0)]] == [12 + 5, 12 + 3, 12 + 3, 6 + 3]
+    assert [emitted[e][2] for e in schedules] == [12 + 5, 12 + 3, 12 + 3, 6 + 3, 6 + 3]
 
 
 @pytest.mark.parametrize("bound", [1, 2])

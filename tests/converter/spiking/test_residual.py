@@ -148,7 +148,7 @@ def test_analog_p_attention_accumulates_to_attention_on_time_averaged_spikes():
     assert torch.allclose(folded, steps * expected.transpose(1, 2).flatten(2), atol=1e-5)
 
 
-@pytest.mark.parametrize("emission", [(0, 0), (1, 1), (4, 0)])
+@pytest.mark.parametrize("emission", [(0, 0, False), (1, 1, False), (4, 0, False), (0, 0, True)])
 def test_spiking_p_attention_accumulates_to_quantised_attention_on_time_averaged_spikes(emission):
     generator = torch.Generator().manual_seed(0)
     steps, batch, tokens, channels, heads = 5, 2, 6, 8, 2

@@ -22,7 +22,7 @@ def test_running_mean_equals_cumsum_over_t():
 
 
 def _site(signed: bool, tsm: bool, generator: torch.Generator, neuron: str = "exact",
-          max_payload: int | None = None, emission: tuple[int, int] = (0, 0)) -> SpikingActivation:
+          max_payload: int | None = None, emission: tuple[int, int, bool] = (0, 0, False)) -> SpikingActivation:
     norm = torch.nn.GroupNorm(2, 6)
     site = SpikingActivation("s", norm, torch.nn.SiLU(), 6, timesteps=5, signed=signed, membrane_init=0.3,
                              neuron=neuron, max_payload=max_payload, emission=emission)
@@ -39,9 +39,10 @@ def _site(signed: bool, tsm: bool, generator: torch.Generator, neuron: str = "ex
 
 @pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize("tsm", [False, True])
-@pytest.mark.parametrize("neuron, max_payload, emission", [("exact", None, (0, 0)), ("exact", 2, (0, 0)),
-                                                            ("exact", None, (1, 1)), ("exact", 2, (0, 2)),
-                                                            ("exact", None, (4, 0)), ("single-spike", None, (0, 0))])
+@pytest.mark.parametrize("neuron, max_payload, emission", [("exact", None, (0, 0, False)), ("exact", 2, (0, 0, False)),
+                                                            ("exact", None, (1, 1, False)), ("exact", 2, (0, 2, False)),
+                                                            ("exact", None, (4, 0, False)), ("exact", None, (0, 0, True)),
+                                                            ("single-spike", None, (0, 0, False))])
 def test_fused_site_equals_the_tensor_op_paths(signed, tsm, neuron, max_payload, emission):
     generator = torch.Generator().manual_seed(3)
     site = _site(signed, tsm, generator, neuron, max_payload, emission)
