@@ -19,7 +19,8 @@ The SNN, two conventions:
   8-bit weight plus the accumulate (so graded payloads are not charged as k cheap adds); analog
   work a step needs (analog-per-step layers, GroupNorm/SiLU/softmax on running means, neuron
   updates, decoding) is charged once per SNN step in which anything was sent, so work done once
-  per UNet evaluation (every spike at the last step: `deferred`) is charged once;
+  per UNet evaluation (every spike at the last step: `deferred`; every site on its completed
+  input window: `spread`) is charged once;
 - "units_x_ac" (the earlier convention): every spike unit one accumulate (float 0.9 pJ against
   the float ANN; 32-bit integer against the quantised ANN), every analog-per-step operation T times.
 Analog-once layers (conv_in on the image, the timestep MLP and projections) cost their MACs once.
@@ -149,7 +150,12 @@ NOT_COUNTED = ("memory traffic (weights, activations, membrane state)", "membran
 
 def charged_steps(snn: SpikingUNet2DModel, activity: Activity) -> int:
     """SNN steps whose analog work the synaptic-events convention charges: those in which any
-    spike was sent (all T under a temporal schedule, one when everything waits for the last step)."""
+    spike was sent (all T under a causal temporal schedule, one when everything waits for the last
+    step). Under `spread` emission a site's window starts when its inputs' windows have ended, so
+    it evaluates its nonlinearity once, on the completed input, and linear analog layers run once
+    on the accumulated input: one step's analog work, although the spikes are spread over T."""
+    if snn.policy.neuron == "exact" and snn.policy.emission == "spread":
+        return 1
     active = sum(1 for units in activity.step_units.values() if units > 0)
     return active if active else snn.timesteps
 

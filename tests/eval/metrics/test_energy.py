@@ -115,15 +115,32 @@ def test_energy_report_breaks_down_by_kind_and_compares_with_the_quantised_ann(t
     assert int_mult_pj(8, 8) == pytest.approx(0.2) and int_add_pj(8) == pytest.approx(0.03)
 
 
+def _energy(snn):
+    snn.set_monitor(True)
+    with torch.no_grad(), ActivityMonitor(snn) as activity:
+        snn(torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([500, 300]))
+    rates = {name: n.spike_count / n.neuron_steps for name, n in snn.neurons().items()}
+    return energy_estimate(snn, count_operations(snn), activity, rates)
+
+
+def test_spread_emission_sends_binary_spikes_over_the_steps_and_charges_analog_work_once(tiny_source, tiny_record):
+    """The default schedule: at most one unit per element and step, most units before step T, the
+    same units as deferred (|final count|) and one step of analog work (each site works once on
+    its completed input window)."""
+    spread = _energy(convert(tiny_source, tiny_record, ConversionPolicy(timesteps=4)))
+    deferred = _energy(convert(tiny_source, tiny_record, ConversionPolicy(timesteps=4, emission="deferred")))
+    assert spread["max_payload"] == 1 and spread["charged_steps"] == 1
+    assert spread["last_step_unit_fraction"] <= 0.5 < deferred["last_step_unit_fraction"]
+    assert spread["spikes_per_synapse"] >= deferred["spikes_per_synapse"]  # binary: one event per unit
+    assert spread["snn"]["synaptic_events"] > 0
+    assert spread["units_x_ac"]["snn_over_ann"] == pytest.approx(deferred["units_x_ac"]["snn_over_ann"], rel=1e-6)
+
+
 def test_work_done_once_is_charged_once(tiny_source, tiny_record):
     """Under deferred emission every spike waits for the last step: the synaptic-events convention
     charges analog work once, the units x AC convention T times."""
     snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=4, emission="deferred"))
-    snn.set_monitor(True)
-    with torch.no_grad(), ActivityMonitor(snn) as activity:
-        snn(torch.randn(2, 3, 8, 8), torch.tensor([500, 300]))
-    rates = {name: n.spike_count / n.neuron_steps for name, n in snn.neurons().items()}
-    energy = energy_estimate(snn, count_operations(snn), activity, rates)
+    energy = _energy(snn)
     assert energy["charged_steps"] == 1 and energy["last_step_unit_fraction"] == 1.0
     events, units = energy["by_kind_microjoules"], energy["units_x_ac"]["by_kind_microjoules"]
     assert units["site GroupNorm + SiLU"]["snn"] == pytest.approx(4 * events["site GroupNorm + SiLU"]["snn"])
