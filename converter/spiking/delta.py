@@ -9,7 +9,10 @@ receiver, which holds the same e_{k-1,t}, decodes e_{k,t} = e_{k-1,t} + delta_{k
 numbers in float, so the decoded spikes equal the rate-coded ones bit for bit, and the network
 computes exactly what it computes without the coding. What changes is what travels: |delta|
 units instead of |e|, each still one synaptic event per unit and target. The first evaluation
-of a trajectory is sent in full (its predecessor is silence).
+of a trajectory is sent in full (its predecessor is silence). Under `spread` emission a side
+codes its final count instead (GradedIFNode._delta_spread): the change is sent as |change|
+binary spikes spread over the window, and the receiver spreads the decoded count as the side
+would have.
 
 State is per pass slot (the first batch row of a pass, see `SpikingUNet2DModel.forward`), so
 a batch split into passes codes each sample against its own predecessor. A trajectory ends
@@ -55,10 +58,12 @@ class DeltaState:
     def __init__(self) -> None:
         self._sent: dict[int, list[torch.Tensor]] = {}
         self.events: torch.Tensor | None = None  # unsigned delta units per element of the last call [T, B, C, ...]
+        self.side_events: list[torch.Tensor] = []  # the same per side
 
     def reset(self) -> None:
         self._sent.clear()
         self.events = None
+        self.side_events = []
 
     def drop(self, slot: int) -> None:
         self._sent.pop(slot, None)
@@ -73,7 +78,8 @@ class DeltaState:
         deltas = [e - p for e, p in zip(emitted, previous)]
         decoded = [p + d for p, d in zip(previous, deltas)]
         self._sent[slot] = [d.detach() for d in decoded]
-        self.events = sum(d.detach().abs() for d in deltas)
+        self.side_events = [d.detach().abs() for d in deltas]
+        self.events = sum(self.side_events)
         return decoded
 
 

@@ -137,9 +137,12 @@ class GradedIFNode(SiteNeuron):
         on, off = self.counts(cumulative.flatten(0, 1), self.timesteps)
         sides = [side.unflatten(0, (steps, -1)) for side in (on, off) if side is not None]
         sides = [self._emitted(side) for side in sides]
-        changes = [_changes(side) for side in sides]
-        if self.delta is not None:
-            changes = self.delta.code(changes)
+        if self.delta is not None and self.spread:
+            changes = self._delta_spread(sides)
+        else:
+            changes = [_changes(side) for side in sides]
+            if self.delta is not None:
+                changes = self.delta.code(changes)
         theta_pos, theta_neg = self.thresholds(cumulative[0])
         spikes = theta_pos * changes[0]
         if self.signed:
@@ -151,6 +154,16 @@ class GradedIFNode(SiteNeuron):
             self.sent_units = sent.to(torch.uint8)
             self.count_spikes(sent.sum(), spikes.numel())
         return spikes
+
+    def _delta_spread(self, sides: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Delta coding of spread emission: each side sends the change of its final count against
+        the previous evaluation, as binary spikes spread over the window (|change| events); the
+        receiver adds it to the count it holds and spreads the result as the side itself would."""
+        steps = sides[0].shape[0]
+        finals = self.delta.code([side[-1:] for side in sides])
+        changes = [_changes(_spread(final[0], steps)) for final in finals]
+        self.delta.events = sum(_changes(_spread(event[0], steps)) for event in self.delta.side_events)
+        return changes
 
     def _emitted(self, counts: torch.Tensor) -> torch.Tensor:
         """Counts actually emitted by each step: the ideal ones, or as the emission schedule holds

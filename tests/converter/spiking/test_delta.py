@@ -58,16 +58,18 @@ def _trajectory(snn, source, noise, sampler, coding, steps=4):
     return outputs, sent
 
 
+@pytest.mark.parametrize("emission", ["spread", "deferred", "eager"])
 @pytest.mark.parametrize("sampler", SAMPLERS)
-def test_delta_coding_decodes_every_evaluation_of_a_trajectory_exactly(tiny_source, tiny_record, sampler):
-    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=3))
+def test_delta_coding_decodes_every_evaluation_of_a_trajectory_exactly(tiny_source, tiny_record, sampler, emission):
+    snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=3, emission=emission))
     snn.set_inputs_per_pass(2)  # 3 samples: passes of 2 and 1, each with its own predecessor
     noise = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     rate, rate_sent = _trajectory(snn, tiny_source, noise, sampler, "rate")
     delta, delta_sent = _trajectory(snn, tiny_source, noise, sampler, "delta")
     assert all(torch.equal(a, b) for a, b in zip(rate, delta))
     assert delta_sent[0] == rate_sent[0] > 0  # the first evaluation is charged in full
-    assert sum(delta_sent[1:]) < sum(rate_sent[1:])  # later ones send changes only
+    if emission != "eager":  # eager's per-step wobble can change more than its counts do (a tiny random model)
+        assert sum(delta_sent[1:]) < sum(rate_sent[1:])  # later ones send changes only
 
 
 def test_what_is_sent_does_not_depend_on_how_the_batch_is_split(tiny_source, tiny_record):
