@@ -37,22 +37,28 @@ class TimeEmbedding(nn.Module):
         return self.timembedding(t)
 
 
-class DownSample(nn.Module):
+class Resample(nn.Module):
+    """The 3x3 convolution `main` that changes the resolution (the time embedding passes unused):
+    DownSample convolves with stride 2, UpSample doubles the size (nearest) and convolves."""
+
+    stride, scale = 1, 1
+
     def __init__(self, in_ch: int) -> None:
         super().__init__()
-        self.main = nn.Conv2d(in_ch, in_ch, 3, stride=2, padding=1)
+        self.main = nn.Conv2d(in_ch, in_ch, 3, stride=self.stride, padding=1)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1:
+            x = F.interpolate(x, scale_factor=self.scale, mode="nearest")
         return self.main(x)
 
 
-class UpSample(nn.Module):
-    def __init__(self, in_ch: int) -> None:
-        super().__init__()
-        self.main = nn.Conv2d(in_ch, in_ch, 3, stride=1, padding=1)
+class DownSample(Resample):
+    stride = 2
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        return self.main(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+class UpSample(Resample):
+    scale = 2
 
 
 class AttnBlock(nn.Module):
