@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--distill-target sample: the batch's MSE, or psnr: the mean of each sample's log MSE "
                              "(its PSNR against the ANN, up to sign and scale), so that a sample whose trajectory "
                              "went to another image does not dominate the gradient")
+    parser.add_argument("--spike-penalty", type=float, default=0.0,
+                        help="--method qat: add this weight times the twin's spike rate (mean ON + OFF spike units "
+                             "per neuron and SNN step, straight-through gradients) to the loss, trading quality "
+                             "for fewer spikes; 0: off")
     parser.add_argument("--eval-size", type=int, default=16, help="fixed inputs on which losses before/after are measured")
     add_training_arguments(parser, steps=500, batch_size=8, lr=1e-3, ema=0.0, checkpoint_every=100,
                            checkpoint="checkpoint.pt", seed_help="seed of batch sampling and data noise")
@@ -78,7 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def label(args: argparse.Namespace) -> str:
     """What a run trains, in a few words."""
-    return f"qat, weights {args.weights}, {args.distill_target} target" if args.method == "qat" else args.train
+    if args.method != "qat":
+        return args.train
+    penalty = f", spike penalty {args.spike_penalty:g}" if args.spike_penalty else ""
+    return f"qat, weights {args.weights}, {args.distill_target} target{penalty}"
+
+
+def spikes(rate: dict | None) -> str:
+    """", spike rate B -> A" for a QAT run (B unknown when resumed from a checkpoint that did not measure it)."""
+    if not rate:
+        return ""
+    before = "?" if rate["before"] is None else f"{rate['before']:.4g}"
+    return f", spike rate {before} -> {rate['after']:.4g}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         before, after = summary["loss_before"], summary["loss_after"]
         per_step = summary["seconds_per_step"]
         print(f"wrote {summary['out']}: {summary['steps']} steps ({label(args)}), loss {before['loss']:.5g} -> "
-              f"{after['loss']:.5g}" + (f", {per_step:.3f} s/step on {summary['device']}" if per_step else ""))
+              f"{after['loss']:.5g}" + spikes(summary.get("spike_rate"))
+              + (f", {per_step:.3f} s/step on {summary['device']}" if per_step else ""))
 
     return run_command(PROG, lambda: finetune(FinetuneSettings(**vars(args))), report,
                        f"continue from the last checkpoint with --resume (in {args.out})")

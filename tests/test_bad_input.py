@@ -293,6 +293,8 @@ ROWS: list[tuple[str, str, list[str], str, str | None]] = [
     ("finetune-qat-weight-lr-0", "sdm-finetune", [*FINETUNE, "--method", "qat", "--weight-lr", "0"], r"--weight-lr must be > 0", None),
     ("finetune-qat-refresh-record", "sdm-finetune", [*FINETUNE, "--method", "qat", "--pool", "record", "--refresh-every", "5"],
      "needs --pool trajectories", None),
+    ("finetune-spike-penalty-negative", "sdm-finetune", [*FINETUNE, "--spike-penalty", "-1"],
+     r"--spike-penalty must be >= 0", None),
     ("finetune-device-banana", "sdm-finetune", [*FINETUNE, "--device", "banana"], "unknown device", None),
     # sdm-train
     ("train-zip-without-images", "sdm-train", [*TRAIN, "--data", "{zip_pt}"], "no images", None),

@@ -15,6 +15,10 @@ trained:
   W + up @ down (up starts at 0, so outputs start unchanged) on every convolution and linear
   layer, merged into the weights by `finish` (EfficientDM's recipe).
 
+Optionally (--spike-penalty) the loss also charges the twin's spike rate (`SpikeCounter`): the
+ON plus OFF counts of every neuron, per neuron and SNN step, through the same straight-through
+estimator, so training can trade quality against spikes (energy).
+
 `finish` turns everything back into a plain converted model (buffers, merged weights, step
 simulation), so the result is an ordinary folder: compare.py, sdm-export and TSM fine-tuning
 take it as they take any conversion.
@@ -23,6 +27,7 @@ take it as they take any conversion.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -145,6 +150,58 @@ def prepare(snn: SpikingUNet2DModel, weights: str = "none", rank: int = 4, seed:
                 module.down.requires_grad_(True)
                 module.up.requires_grad_(True)
     return [(name, p) for name, p in snn.named_parameters() if p.requires_grad]
+
+
+class SpikeCounter:
+    """The twin's spike rate while active (a context manager): forward hooks on every spiking site
+    add up, from the time-averaged current each site receives in closed form, its neurons' ON plus
+    OFF counts as the twin computes them (`site.drive`, `neuron.counts`: whole numbers; under
+    autograd with the straight-through estimator of sdm.core.quantise, so their sum has gradients
+    to the thresholds, bias corrections, adapters and upstream weights).
+
+    `rate()`: the counts of every pass since the last `reset()` over neurons * T, the mean spike
+    units per neuron and SNN step, the unit of the "spike rate" of eval/compare.py (a unit is one
+    threshold's worth of charge; exact neurons send a count as that many units).
+
+    Activation checkpointing (core/diffusion.py `recomputed`) reruns each UNet pass in the backward
+    pass, hooks included, and matches the tensors autograd saved by their order: keep the counter
+    active through `backward()` so the rerun computes the same counts, and set `recording` False
+    before it so they are not added a second time.
+    """
+
+    def __init__(self, snn: SpikingUNet2DModel) -> None:
+        self.sites = list(snn.sites().values())
+        self.handles: list[Any] = []
+        self.recording = True
+        self.reset()
+
+    def reset(self) -> None:
+        self.units: list[torch.Tensor] = []
+        self.neuron_steps = 0
+
+    def __enter__(self) -> SpikeCounter:
+        self.handles = [site.register_forward_hook(self._count) for site in self.sites]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def _count(self, site: SpikingActivation, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if not site.closed_form:
+            raise QatError(f"site {site.site} runs the step simulation: spike counts are taken from the closed-form twin")
+        on, off = site.neuron.counts(site.drive(args[0]) * float(site.timesteps), site.timesteps)
+        units = on.sum(dtype=torch.float64) if off is None else on.sum(dtype=torch.float64) + off.sum(dtype=torch.float64)
+        if self.recording:
+            self.units.append(units)
+            self.neuron_steps += on.numel() * site.timesteps
+
+    def rate(self) -> torch.Tensor:
+        """Spike units per neuron and SNN step over the passes counted (float32, 0 if none)."""
+        if not self.units:
+            return torch.zeros(())
+        return (torch.stack(self.units).sum() / self.neuron_steps).float()
 
 
 QUANTISER_NAMES = THRESHOLD_NAMES + ("output_shift",)

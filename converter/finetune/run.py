@@ -15,7 +15,10 @@ Losses (weights `distill_weight`, `data_weight`):
   trajectory's own loss sees that, and it charges each step what it costs the sample;
 - data: the usual diffusion loss on real images, x_t ~ q(x_t | x_0) at uniform random training
   timesteps (the source's scheduler config from the SNN's provenance), MSE against the
-  scheduler's prediction target (eps for the reference model).
+  scheduler's prediction target (eps for the reference model);
+- spikes (qat only, weight `spike_penalty`, 0: off): the twin's spike rate over every twin pass
+  of the step (the unrolled trajectory's passes for the sample target, the data pass too), mean
+  ON + OFF units per neuron and SNN step, with straight-through gradients (qat.SpikeCounter).
 
 Training state lives in `OUT/checkpoint.pt` (written every `checkpoint_every` steps, atomically)
 through the loop both trainers share (core/training.py); `resume` continues from it with
@@ -26,6 +29,7 @@ When training ends, OUT is replaced atomically by a converted-model folder (conv
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +70,7 @@ def check_checkpoint(state: dict[str, Any], path: Path, identity: dict[str, Any]
         raise FinetuneError(f"checkpoint {path} was trained at T={state['timesteps']}, this SNN has T={identity['timesteps']}")
     if state["snn_fingerprint"] != identity["snn_fingerprint"]:
         raise FinetuneError(f"checkpoint {path} belongs to another conversion of this model (different thresholds or weights)")
+    state["recipe"].setdefault("spike_penalty", 0.0)  # a checkpoint from before the option trained without it
     check_recipe(state, path, recipe, steps, FinetuneError)
 
 
@@ -149,24 +154,31 @@ class Trainer(ResumableTrainer):
             self.pool, self._weights = self.refresh(self.generation), None
         self.optimizer.zero_grad(set_to_none=True)
         distill = data = torch.zeros((), device=self.device)
-        if s.distill_weight > 0 and s.distill_target == "sample":
-            distill = self.sample_distill_loss()
-        elif s.distill_weight > 0:
-            x, t, target = self.distill_batch()
-            distill = F.mse_loss(self.predict(x, t), target.to(self.device))
-        if s.data_weight > 0:
-            x, t, target = self.data_batch()
-            data = F.mse_loss(self.predict(x, t), target.to(self.device))
-        loss = s.distill_weight * distill + s.data_weight * data
-        grad_norm = self.optimise(loss, s.grad_clip)
+        counter = qat.SpikeCounter(self.snn) if s.spike_penalty > 0 else None
+        with counter or nullcontext():
+            if s.distill_weight > 0 and s.distill_target == "sample":
+                distill = self.sample_distill_loss()
+            elif s.distill_weight > 0:
+                x, t, target = self.distill_batch()
+                distill = F.mse_loss(self.predict(x, t), target.to(self.device))
+            if s.data_weight > 0:
+                x, t, target = self.data_batch()
+                data = F.mse_loss(self.predict(x, t), target.to(self.device))
+            loss = s.distill_weight * distill + s.data_weight * data
+            if counter is not None:
+                loss = loss + s.spike_penalty * counter.rate().to(self.device)
+                counter.recording = False  # backward reruns checkpointed passes, hooks included: count them once
+            grad_norm = self.optimise(loss, s.grad_clip)
         if s.method == "qat" or s.train != "p":
             clamp_thresholds_(self.snn)
         return self.finish_step(v.detach() for v in (loss, distill, data, grad_norm))
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Losses on fixed inputs (fp32, no autocast): the held-out inputs, else eval-size pool inputs spread evenly."""
+        """Losses on fixed inputs (fp32, no autocast): the held-out inputs, else eval-size pool inputs spread evenly.
+        QAT: also the twin's spike rate on the distillation inputs (the data inputs if there are none)."""
         s, result = self.settings, {}
+        counter = qat.SpikeCounter(self.snn) if s.method == "qat" else None
         if s.distill_weight > 0:
             if self.held_out is not None:
                 inputs = self.held_out
@@ -174,7 +186,7 @@ class Trainer(ResumableTrainer):
                 count = min(s.eval_size, len(self.pool))
                 index = torch.linspace(0, len(self.pool) - 1, count).round().long().unique()
                 inputs = Pool(self.pool.x[index], self.pool.t[index], self.pool.target[index])
-            per_input = self._mse(inputs.x, inputs.t, inputs.target)
+            per_input = self._mse(inputs.x, inputs.t, inputs.target, counter)
             result["distill"] = float(per_input.mean())
             if self.sensitivity is not None:  # the loss the batches estimate: a proxy of final-sample MSE
                 weights = self.sensitivity.weights_at(inputs.t)
@@ -192,17 +204,23 @@ class Trainer(ResumableTrainer):
         if s.data_weight > 0:
             generator = torch.Generator().manual_seed(s.seed + 1)
             x, t, target = self.data_batch(generator, torch.arange(min(s.eval_size, self.images.shape[0])))
-            result["data"] = float(self._mse(x, t, target).mean())
+            result["data"] = float(self._mse(x, t, target, counter if s.distill_weight == 0 else None).mean())
         # what the batches estimate
         sample_key = "distill_sample_log" if s.sample_loss == "psnr" else "distill_sample"
         distill = result.get(sample_key, result.get("distill_weighted", result.get("distill", 0.0)))
         result["loss"] = s.distill_weight * distill + s.data_weight * result.get("data", 0.0)
+        if counter is not None:
+            result["spike_rate"] = float(counter.rate())
+            if s.spike_penalty > 0:
+                result["loss"] += s.spike_penalty * result["spike_rate"]
         return result
 
-    def _mse(self, x: torch.Tensor, t: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-input MSE (CPU)."""
-        outs = [self.snn(xc.to(self.device), tc.to(self.device)).sample.float().cpu()
-                for xc, tc in zip(x.split(TARGET_CHUNK), t.split(TARGET_CHUNK))]
+    def _mse(self, x: torch.Tensor, t: torch.Tensor, target: torch.Tensor,
+             counter: qat.SpikeCounter | None = None) -> torch.Tensor:
+        """Per-input MSE (CPU); `counter` counts the twin's spikes meanwhile."""
+        with counter or nullcontext():
+            outs = [self.snn(xc.to(self.device), tc.to(self.device)).sample.float().cpu()
+                    for xc, tc in zip(x.split(TARGET_CHUNK), t.split(TARGET_CHUNK))]
         return per_sample_mse(torch.cat(outs), target)
 
     def state(self, identity: dict[str, Any], recipe: dict[str, Any], loss_before: dict[str, float]) -> dict[str, Any]:
@@ -360,6 +378,14 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
     if settings.method == "qat":
         summary["threshold_change"] = {"note": "median new/old threshold ratio per layer kind and side",
                                        **qat.threshold_changes(thresholds_before, snn)}
+        summary["spike_rate"] = {
+            "note": "mean spike units (ON + OFF counts) per neuron and SNN step of the twin, which the steps equal, "
+                    "on the inputs of loss_before/loss_after (the distillation ones, else the data ones); "
+                    "penalty_weight: --spike-penalty, the weight of the training batches' rate in the loss",
+            "penalty_weight": settings.spike_penalty,
+            "before": loss_before.get("spike_rate"),  # None: resumed from a checkpoint that did not measure it
+            "after": loss_after["spike_rate"],
+        }
     write_outputs(settings.out, snn, record, summary, values, trainer.losses, final_state)
     summary["out"] = str(settings.out)
     return summary

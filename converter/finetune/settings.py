@@ -3,6 +3,7 @@ model loads), and the recipe a resumed run must repeat. Importable without torch
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ class FinetuneSettings(TrainingSettings):
     RECIPE_KEYS = ("method", "train", "weights", "rank", "lr", "weight_lr", "batch_size", "seed", "distill_weight",
                    "data_weight", "data", "data_limit", "bf16", "ema", "grad_clip", "pool", "trajectories",
                    "trajectory_steps", "refresh_every", "eval_size", "step_weighting", "sensitivity_samples", "distill_target",
-                   "sample_loss")
+                   "sample_loss", "spike_penalty")
 
     snn: Path
     ann: str | None = None
@@ -57,6 +58,7 @@ class FinetuneSettings(TrainingSettings):
     sensitivity_samples: int = 8
     distill_target: str = "eps"
     sample_loss: str = "mse"
+    spike_penalty: float = 0.0  # weight of the twin's spike rate in the QAT loss (converter/finetune/qat.py SpikeCounter)
 
     def __post_init__(self) -> None:
         e = FinetuneError
@@ -83,6 +85,13 @@ class FinetuneSettings(TrainingSettings):
         require(self.weights in QAT_WEIGHTS, f"--weights must be one of {', '.join(QAT_WEIGHTS)}, got {self.weights!r}", e)
         require(self.method == "qat" or self.weights == "none",
                 "--weights is for --method qat (TSM trains weights with --train all)", e)
+        require(self.spike_penalty >= 0 and math.isfinite(self.spike_penalty),
+                f"--spike-penalty must be >= 0 and finite, got {self.spike_penalty} (a negative weight would reward spikes)", e)
+        require(self.method == "qat" or self.spike_penalty == 0,
+                "--spike-penalty is for --method qat: it penalises the quantised twin's counts in closed form through "
+                "their straight-through gradient, and TSM trains the step simulation, which has no twin once p[t] "
+                "scales its steps (and single-spike neurons pass no gradient through their spikes): QAT with the "
+                "penalty first, then TSM on top", e)
         at_least("--rank", self.rank, 1, e)
         positive("--weight-lr", self.weight_lr, e)
         at_least("--refresh-every", self.refresh_every, 0, e)
