@@ -3,7 +3,8 @@
 
 ann-vs-snn writes to its folder: report.json, report.md, samples_ann.npz, samples_snn.npz (one
 SNN) or samples_snn_<label>.npz (several), grid.png (ANN row above each SNN row, same noise),
-spike_rates.png, and metrics_vs_T.png when several SNNs are compared. ann-fid writes
+spike_rates.png, and metrics_vs_T.png and frontier.png (PSNR against energy / float ANN in the
+synaptic-events convention, the Pareto front drawn) when several SNNs are compared. ann-fid writes
 report.json, samples_ann.npz and grid.png.
 """
 
@@ -21,7 +22,7 @@ from ...pretrained.loading import SourceModel, load_source_model
 from ..metrics.fid import FeatureStats, InceptionFeatures, fid_from_stats, file_sha256
 from ..runs import distributed
 from ..runs.paired import measure_snn, sample_ann
-from .plots import plot_metric_curves, plot_spike_rates
+from .plots import plot_metric_curves, plot_pareto, plot_spike_rates
 from .report import FidContext, write_markdown
 
 
@@ -93,6 +94,8 @@ def ann_vs_snn(ann: str, snn_folders: list[Path], sampling: SamplingSettings, ou
                 "eps relative L2": [r["paired"]["eps_rel_l2"] for r in runs],
                 "energy SNN/ANN": [r["energy"]["snn_over_ann"] for r in runs],
             }, staging / "metrics_vs_T.png")
+            plot_pareto([r["label"] for r in runs], [r["energy"]["snn_over_ann"] for r in runs],
+                        [r["paired"]["psnr_db"] for r in runs], staging / "frontier.png")
         report = _report(sampling, source, runs)
         (staging / "report.json").write_text(json.dumps(report, indent=2))
         write_markdown(report, staging / "report.md")

@@ -59,7 +59,7 @@ def plot_pareto(labels: list[str], energy: list[float], quality: list[float], pa
             best = quality[i]
     ax.plot([energy[i] for i in front], [quality[i] for i in front], linestyle="--", color="tab:red", label="Pareto front")
     ax.axvline(1.0, color="grey", linewidth=0.8, label="float ANN energy")
-    ax.set_xlabel("energy SNN / float ANN (per UNet evaluation)")
+    ax.set_xlabel("energy SNN / float ANN (per UNet evaluation, synaptic events)")
     ax.set_ylabel("PSNR SNN vs ANN (dB)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

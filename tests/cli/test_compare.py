@@ -30,7 +30,7 @@ def test_writes_every_output_with_documented_keys(converted, tmp_path):
     assert compare_main(argv) == 0
     names = {p.name for p in out.iterdir()}
     assert {"report.json", "report.md", "samples_ann.npz", "samples_snn_snn2.npz", "samples_snn_snn4.npz",
-            "grid.png", "spike_rates.png", "metrics_vs_T.png"} <= names
+            "grid.png", "spike_rates.png", "metrics_vs_T.png", "frontier.png"} <= names
     report = json.loads((out / "report.json").read_text())
     assert REPORT_KEYS <= set(report)
     assert report["num_samples"] == 2 and report["seed"] == 3 and report["timesteps"] == 2
