@@ -56,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="exact neurons: at most this many spikes per step and side (default T: exact)")
     neurons.add_argument("--emission", default=ConversionPolicy.emission,  # checked by the policy: a one-line error
                          help=f"{' | '.join(EMISSIONS)}: when exact neurons emit their count (the final count, "
-                              "and so the output, is the same): eager every step, hysteresis (silent for "
+                              "and so the output, is the same): spread (default: binary spikes spread evenly over "
+                              "the T steps, layer-pipelined), eager every step, hysteresis (silent for "
                               "--emission-onset steps, take-backs only beyond --emission-margin units), deferred "
-                              "(only at the last step); see README")
+                              "(one graded spike at the last step: a one-step quantised ANN); see docs/method.md")
     neurons.add_argument("--attention-probabilities", default=ConversionPolicy.attention_probabilities,
                          help=f"{' | '.join(ATTENTION_PROBABILITIES)}: at --spiking full, softmax probabilities analog "
                               "(v spikes select them) or spiking (a site on P: accumulates only, P quantised); "
