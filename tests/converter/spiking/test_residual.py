@@ -14,7 +14,7 @@ from sdm.converter.spiking import residual
 from sdm.converter.folder import load_converted, save_converted
 from sdm.converter.spiking.layers import SpikingActivation
 from sdm.converter.spiking.mapping import UnsupportedModuleError, convert_unet_modules
-from sdm.converter.spiking.policy import ConversionPolicy, PolicyError
+from sdm.converter.spiking.policy import ConversionPolicy
 from sdm.converter.spiking.residual import FoldedConv2d, feeding_site, spiking_attention
 from torch import nn
 
@@ -189,17 +189,6 @@ def test_levels_round_trip_through_save_and_load(tiny_source, tiny_record, tmp_p
     assert loaded.policy == snn.policy and set(loaded.sites()) == set(snn.sites())
     with torch.no_grad():
         assert torch.equal(loaded(X, TIMESTEPS).sample, snn(X, TIMESTEPS).sample)
-
-
-def test_a_policy_saved_before_levels_existed_is_hybrid():
-    saved = ConversionPolicy().to_dict()
-    del saved["spiking"]
-    assert ConversionPolicy.from_saved(saved).spiking == "hybrid"
-    del saved["emission"], saved["attention_probabilities"]  # before schedules: every step; before P sites: analog P
-    legacy = ConversionPolicy.from_saved(saved)
-    assert legacy.emission == "eager" and legacy.attention_probabilities == "analog"
-    with pytest.raises(PolicyError, match="spiking must be one of"):
-        ConversionPolicy(spiking="everything")
 
 
 def test_a_record_without_stream_sites_is_refused_for_levels_that_need_them(tiny_source, tiny_record):

@@ -92,16 +92,6 @@ def test_a_folder_from_before_exact_neurons_is_refused_with_how_to_recreate_it(t
     assert "\n" not in str(error.value)
 
 
-def test_policy_records_the_neuron_and_refuses_bad_values():
-    from sdm.converter.spiking.policy import PolicyError
-
-    assert ConversionPolicy().to_dict()["neuron"] == "exact"
-    with pytest.raises(PolicyError, match="neuron must be one of"):
-        ConversionPolicy(neuron="burst")
-    with pytest.raises(PolicyError, match="max_payload"):
-        ConversionPolicy(max_payload=0)
-
-
 def test_twin_is_differentiable_with_straight_through_gradients(tiny_source, tiny_record):
     snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=4))
     set_trainable(snn, "thresholds")
