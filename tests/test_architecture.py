@@ -41,6 +41,9 @@ SUBPACKAGE_ORDER = {
 }
 # Imports that break a rule today, each with the change that removes it (none left).
 PENDING: dict[tuple[str, str], str] = {}
+# Stages whose tests mirror the package layout, one test file per module (issue #26).
+MIRRORED_STAGES = ("converter",)
+TESTS = ROOT / "tests"
 
 
 def modules() -> dict[str, Path]:
@@ -113,6 +116,12 @@ def project_imports(path: Path, typing_too: bool = False) -> list[tuple[str, int
 
 
 ALL = modules()
+
+
+def mirrored_test_file(path: Path) -> Path:
+    """Where the tests of the module at `path` live: tests/<its folder>/test_<its name>.py."""
+    relative = path.relative_to(ROOT)
+    return TESTS / relative.parent / f"test_{relative.name}"
 
 
 def existing(name: str) -> str | None:
@@ -219,6 +228,14 @@ def test_pending_exceptions_are_still_needed():
     """An exception that no longer breaks a rule must be deleted from PENDING."""
     for module, imported in PENDING:
         assert any(name.startswith(imported) for name, _, _ in project_imports(ALL[module])), (module, imported)
+
+
+@pytest.mark.parametrize("module", sorted(m for m in ALL if stage(m) in MIRRORED_STAGES and ALL[m].name != "__init__.py"))
+def test_module_has_a_test_file_of_its_own(module):
+    """Tests mirror the package layout: a module's tests are found from its path alone, and a new
+    module without tests shows here instead of hiding in another module's file."""
+    expected = mirrored_test_file(ALL[module])
+    assert expected.is_file(), f"{module} has no {expected.relative_to(ROOT)}"
 
 
 @pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
