@@ -149,7 +149,9 @@ class ActivityMonitor:
     the fan-out map, times the output channels a spike reaches (out / groups). Each spike-driven
     Linear: the counts times out_features. `full` attention: the spike units of its q, k, v (and
     P) sites, each times the stored sums it selects; with analog P, the entries of S_{t-1} already
-    reached, which (P_t - P_{t-1}) S_{t-1} multiplies.
+    reached, which (P_t - P_{t-1}) S_{t-1} multiplies; none under `spread` emission, whose
+    layer-pipelined network computes P once from the completed q and k windows and schedules v's
+    window after them, so every v spike selects a column of the final P (latency one more window).
     """
 
     def __init__(self, snn: SpikingUNet2DModel, activity: Activity | None = None) -> None:
@@ -221,6 +223,7 @@ class ActivityMonitor:
 
     def _product_hook(self, path: str, name: str, head_channels: int, spiking_p: bool):
         steps = self.snn.timesteps
+        pipelined = self.snn.policy.neuron == "exact" and self.snn.policy.emission == "spread"
 
         def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
             spikes = spike_units(module, output.detach()).unflatten(0, (steps, -1))  # [T, B, C, N] or [T, B, heads, N, N]
@@ -237,9 +240,10 @@ class ActivityMonitor:
                 record["acs"] += float(per_step.sum()) * (tokens + 1)
                 record["images"] += spikes.shape[1]
             else:  # each v spike adds a column of P_t; (P_t - P_{t-1}) S_{t-1} multiplies what S holds
-                reached = (spikes.cumsum(dim=0) > 0).flatten(1).sum(dim=1, dtype=torch.float64)
                 record["acs"] += float(per_step.sum()) * tokens
-                record["macs"] += float(reached[:-1].sum()) * tokens
+                if not pipelined:  # spread emission: P is final before v's window starts (v waits one window)
+                    reached = (spikes.cumsum(dim=0) > 0).flatten(1).sum(dim=1, dtype=torch.float64)
+                    record["macs"] += float(reached[:-1].sum()) * tokens
                 record["images"] += spikes.shape[1]
             self._record_steps(spikes.flatten(0, 1))
         return hook

@@ -68,7 +68,7 @@ def test_counted_accumulates_equal_a_brute_force_count_of_spikes_times_fan_out(t
         assert all(block["acs"] > 0 and (block["macs"] > 0) == (level == "full") for block in activity.attention.values())
 
 
-@pytest.mark.parametrize("emission, macs", [("eager", True), ("deferred", False)])
+@pytest.mark.parametrize("emission, macs", [("eager", True), ("deferred", False), ("spread", False)])
 def test_analog_p_costs_macs_only_for_what_was_emitted_before_the_last_step(tiny_source, tiny_record, emission, macs):
     snn = convert(tiny_source, tiny_record, ConversionPolicy(timesteps=3, spiking="full", emission=emission))
     x, t = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([100, 800])
