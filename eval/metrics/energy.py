@@ -271,8 +271,10 @@ def energy_estimate(snn: SpikingUNet2DModel, counts: OperationCounts, activity: 
     return {
         "convention": "synaptic events: 45 nm (Horowitz, ISSCC 2014), 8-bit weights, 32-bit accumulators: a binary "
                       f"spike {int_add_pj(ACCUMULATOR_BITS):.3f} pJ per target, a graded one its payload bits x weight "
-                      f"multiply plus that add; analog work charged in {steps} of {snn.timesteps} SNN steps (those "
-                      "that sent spikes); quantised ANN: "
+                      f"multiply plus that add; analog work charged in {steps} of {snn.timesteps} SNN steps ("
+                      + ("spread emission: each site works once, on its completed input window"
+                         if snn.policy.emission == "spread" and snn.policy.neuron == "exact"
+                         else "those that sent spikes") + "); quantised ANN: "
                       f"{bits}-bit activations x {WEIGHT_BITS}-bit weights ({int_mac:.3f} pJ per MAC); float MAC 4.6 pJ",
         "not_counted": list(NOT_COUNTED),
         "activation_bits": bits,
