@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(f, num_samples=5000, steps=100, batch_size=64)
     add_batches_argument(f)
     add_output_arguments(f)
+    r = add_subcommand(sub, "frontier", "PSNR against energy over finished ann-vs-snn reports: table and plots")
+    r.add_argument("reports", nargs="+", type=Path, help="ann-vs-snn output folders (or their report.json)")
+    add_output_arguments(r)
     return parser
 
 
@@ -113,8 +116,22 @@ def print_runs(report: dict) -> None:
             print_equivalence(run["equivalence"], run["closed_form"]["paired"]["psnr_db"], "  ")
 
 
+def print_frontier(rows: list[dict]) -> None:
+    for row in rows:
+        print(f"{row['point']}: PSNR {row['psnr_db']:.2f} dB, energy/ANN {row['events_over_ann']:.3f} (events), "
+              f"{row['units_over_ann']:.3f} (units x AC)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "frontier":
+        from ..eval.reports.frontier import write_frontier
+
+        def report_frontier(rows: list[dict]) -> None:
+            print_frontier(rows)
+            print(f"wrote {args.out}")
+
+        return run_command(PROG, lambda: write_frontier(args.reports, args.out, args.overwrite), report_frontier)
     retain_freed_memory()
     printer = print_fid if args.command == "ann-fid" else print_runs
 

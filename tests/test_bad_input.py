@@ -320,6 +320,7 @@ ROWS: list[tuple[str, str, list[str], str, str | None]] = [
     ("zoo-positional", "sdm-zoo", ["ddpm-cifar10-ch64"], "unrecognized arguments", "no-out"),
     # eval/compare.py
     ("compare-no-command", COMPARE, [], "required", "no-out"),
+    ("compare-frontier-not-a-report", COMPARE, ["frontier", "{empty_folder}"], "not an ann-vs-snn report", None),
     ("compare-batch-size-0", COMPARE, [*PAIRED, "--batch-size", "0"], r"--batch-size must be >= 1", None),
     ("compare-ann-as-snn", COMPARE, [*PAIRED, "--snn", "{ann}"], r"config describes 'UNet2DModel'", None),
     ("compare-fid-ref-wrong-shape", COMPARE, [*PAIRED, "--fid-ref", "{small_stats_npz}"], r"expected \(2048,\)", None),

@@ -44,7 +44,8 @@ def plot_metric_curves(x_label: str, xs: list[float], metrics: dict[str, list[fl
     plt.close(fig)
 
 
-def plot_pareto(labels: list[str], energy: list[float], quality: list[float], path: Path) -> None:
+def plot_pareto(labels: list[str], energy: list[float], quality: list[float], path: Path,
+                x_label: str = "energy SNN / float ANN (per UNet evaluation, synaptic events)") -> None:
     """Energy ratio against PSNR, one labelled point per run; the Pareto front (no run both cheaper
     and closer to the ANN) joined by a line."""
     fig, ax = plt.subplots(figsize=(6, 4.2))
@@ -59,7 +60,7 @@ def plot_pareto(labels: list[str], energy: list[float], quality: list[float], pa
             best = quality[i]
     ax.plot([energy[i] for i in front], [quality[i] for i in front], linestyle="--", color="tab:red", label="Pareto front")
     ax.axvline(1.0, color="grey", linewidth=0.8, label="float ANN energy")
-    ax.set_xlabel("energy SNN / float ANN (per UNet evaluation, synaptic events)")
+    ax.set_xlabel(x_label)
     ax.set_ylabel("PSNR SNN vs ANN (dB)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
