@@ -47,6 +47,20 @@ def make_tiny_source(**overrides) -> SourceModel:
                        origin="tiny", format="test")
 
 
+def save_ann_and_snn(root: Path, source: SourceModel, record, timesteps: int) -> Path:
+    """`root`/ann (the source as a diffusers folder) and `root`/snn (its conversion at T, with the
+    record): the pair the fine-tuning commands take."""
+    from sdm.converter.convert import convert
+    from sdm.converter.folder import save_converted
+    from sdm.converter.spiking.policy import ConversionPolicy
+    from sdm.core.atomic import atomic_folder
+
+    source.unet.save_pretrained(root / "ann")
+    with atomic_folder(root / "snn") as staging:
+        save_converted(convert(source, record, ConversionPolicy(timesteps=timesteps)), record, staging)
+    return root
+
+
 def assert_refused(capsys, code: int, prog: str, expected: str) -> None:
     """Exit code 2 and one line `prog: error: ...` naming `expected` on stderr (progress bars aside)."""
     assert code == 2

@@ -18,7 +18,7 @@ from sdm.converter.spiking.policy import ConversionPolicy
 from sdm.converter.spiking.tsm import has_tsm, tsm_values
 from sdm.core.atomic import atomic_folder
 
-from tests.conftest import TINY_CALIBRATION, assert_refused, make_tiny_source
+from tests.conftest import TINY_CALIBRATION, assert_refused, make_tiny_source, save_ann_and_snn
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
@@ -26,10 +26,7 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, tiny_source, tiny_record):
     """The tiny ANN as a diffusers folder, its T=2 SNN, and a folder of small images."""
-    root = tmp_path_factory.mktemp("tsm")
-    tiny_source.unet.save_pretrained(root / "ann")
-    with atomic_folder(root / "snn") as staging:
-        save_converted(convert(tiny_source, tiny_record, ConversionPolicy(timesteps=2)), tiny_record, staging)
+    root = save_ann_and_snn(tmp_path_factory.mktemp("tsm"), tiny_source, tiny_record, timesteps=2)
     images = root / "images"
     images.mkdir()
     rng = np.random.default_rng(0)

@@ -14,12 +14,10 @@ from sdm.converter.convert import convert
 from sdm.converter.finetune import qat
 from sdm.converter.finetune.settings import FinetuneError, FinetuneSettings
 from sdm.converter.finetune.trainable import clamp_thresholds_
-from sdm.converter.folder import save_converted
 from sdm.converter.spiking.policy import ConversionPolicy
-from sdm.core.atomic import atomic_folder
 from sdm.core.diffusion import recomputed, run_trajectory
 
-from tests.conftest import TWIN_INPUTS, TWIN_TIMESTEPS, assert_refused
+from tests.conftest import TWIN_INPUTS, TWIN_TIMESTEPS, assert_refused, save_ann_and_snn
 
 X, TIMES = TWIN_INPUTS, TWIN_TIMESTEPS
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -107,11 +105,7 @@ def test_counting_changes_no_training_step(tiny_source, tiny_record):
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, tiny_source, tiny_record):
-    root = tmp_path_factory.mktemp("spike-penalty")
-    tiny_source.unet.save_pretrained(root / "ann")
-    with atomic_folder(root / "snn") as staging:
-        save_converted(convert(tiny_source, tiny_record, ConversionPolicy(timesteps=4)), tiny_record, staging)
-    return root
+    return save_ann_and_snn(tmp_path_factory.mktemp("spike-penalty"), tiny_source, tiny_record, timesteps=4)
 
 
 TARGETS = {"eps": ["--refresh-every", "3"], "sample": ["--distill-target", "sample", "--batch-size", "2", "--eval-size", "4"]}
