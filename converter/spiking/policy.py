@@ -133,6 +133,12 @@ class ConversionPolicy:
             raise PolicyError("off threshold scale applies to calibrated thresholds; layer-wise matching refits them")
 
     @property
+    def pipelined(self) -> bool:
+        """Whether every site works once, on its completed input window (exact neurons, `spread`
+        emission): what energy accounting charges as one step of analog work."""
+        return self.neuron == "exact" and self.emission == "spread"
+
+    @property
     def emission_schedule(self) -> tuple[int, int, bool]:
         """(onset, margin, spread) of the exact neurons (converter/spiking/neurons.GradedIFNode)."""
         if self.emission == "spread":

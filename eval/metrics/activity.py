@@ -223,7 +223,7 @@ class ActivityMonitor:
 
     def _product_hook(self, path: str, name: str, head_channels: int, spiking_p: bool):
         steps = self.snn.timesteps
-        pipelined = self.snn.policy.neuron == "exact" and self.snn.policy.emission == "spread"
+        pipelined = self.snn.policy.pipelined
 
         def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
             spikes = spike_units(module, output.detach()).unflatten(0, (steps, -1))  # [T, B, C, N] or [T, B, heads, N, N]

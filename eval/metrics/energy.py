@@ -154,7 +154,7 @@ def charged_steps(snn: SpikingUNet2DModel, activity: Activity) -> int:
     step). Under `spread` emission a site's window starts when its inputs' windows have ended, so
     it evaluates its nonlinearity once, on the completed input, and linear analog layers run once
     on the accumulated input: one step's analog work, although the spikes are spread over T."""
-    if snn.policy.neuron == "exact" and snn.policy.emission == "spread":
+    if snn.policy.pipelined:
         return 1
     active = sum(1 for units in activity.step_units.values() if units > 0)
     return active if active else snn.timesteps
@@ -273,7 +273,7 @@ def energy_estimate(snn: SpikingUNet2DModel, counts: OperationCounts, activity: 
                       f"spike {int_add_pj(ACCUMULATOR_BITS):.3f} pJ per target, a graded one its payload bits x weight "
                       f"multiply plus that add; analog work charged in {steps} of {snn.timesteps} SNN steps ("
                       + ("spread emission: each site works once, on its completed input window"
-                         if snn.policy.emission == "spread" and snn.policy.neuron == "exact"
+                         if snn.policy.pipelined
                          else "those that sent spikes") + "); quantised ANN: "
                       f"{bits}-bit activations x {WEIGHT_BITS}-bit weights ({int_mac:.3f} pJ per MAC); float MAC 4.6 pJ",
         "not_counted": list(NOT_COUNTED),
