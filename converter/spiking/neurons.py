@@ -134,9 +134,12 @@ class GradedIFNode(SiteNeuron):
 
     def forward(self, cumulative: torch.Tensor) -> torch.Tensor:
         steps = cumulative.shape[0]
-        on, off = self.counts(cumulative.flatten(0, 1), self.timesteps)
-        sides = [side.unflatten(0, (steps, -1)) for side in (on, off) if side is not None]
-        sides = [self._emitted(side) for side in sides]
+        if self.spread:  # only the final count matters: count the last step alone
+            on, off = self.counts(cumulative[-1], self.timesteps)
+            sides = [_spread(side, steps) for side in (on, off) if side is not None]
+        else:
+            on, off = self.counts(cumulative.flatten(0, 1), self.timesteps)
+            sides = [self._emitted(side.unflatten(0, (steps, -1))) for side in (on, off) if side is not None]
         if self.delta is not None and self.spread:
             changes = self._delta_spread(sides)
         else:
@@ -168,9 +171,7 @@ class GradedIFNode(SiteNeuron):
     def _emitted(self, counts: torch.Tensor) -> torch.Tensor:
         """Counts actually emitted by each step: the ideal ones, or as the emission schedule holds
         them back before the last step, or with at most B spikes per step chasing them (the
-        remainder carried to later steps), or the final count spread evenly over the steps."""
-        if self.spread:
-            return _spread(counts[-1], counts.shape[0])
+        remainder carried to later steps)."""
         if not self.bounded and self.onset <= 0 and self.margin <= 0:
             return counts
         last = counts.shape[0] - 1
