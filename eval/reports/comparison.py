@@ -19,7 +19,7 @@ from ...core.atomic import atomic_folder, ensure_free_target
 from ...core.images import save_grid_rows, save_npz_images, to_uint8
 from ...core.settings import SamplingSettings
 from ...pretrained.loading import SourceModel, load_source_model
-from ..metrics.fid import FeatureStats, InceptionFeatures, fid_from_stats, file_sha256
+from ..metrics.fid import FeatureStats, InceptionFeatures, cached_image_stats, fid_from_stats, file_sha256
 from ..runs import distributed
 from ..runs.paired import measure_snn, sample_ann
 from .plots import plot_metric_curves, plot_pareto, plot_spike_rates
@@ -39,7 +39,7 @@ def ann_fid(ann: str, reference_path: Path, sampling: SamplingSettings, out: Pat
     if not distributed.is_writer():
         return None
     images = to_uint8(run.samples)
-    stats = FeatureStats.from_features(InceptionFeatures(device=str(sampling.device))(images))
+    stats = cached_image_stats(images, InceptionFeatures(device=str(sampling.device)), batches)
     report = {
         "ann": source.describe(), "fid": fid_from_stats(stats, reference), "num_samples": sampling.num_samples,
         "sampler": sampling.sampler, "steps": sampling.steps, "seed": sampling.seed, "device": str(sampling.device),
@@ -77,7 +77,8 @@ def ann_vs_snn(ann: str, snn_folders: list[Path], sampling: SamplingSettings, ou
     runs = [measure_snn(snn, source, noise, ann_run, sampling, label, simulation, batches) for label, snn in snns.items()]
     if not distributed.is_writer():
         return None
-    context = FidContext(ann_images, reference, str(sampling.device), reference_path) if fid or reference is not None else None
+    context = (FidContext(ann_images, reference, str(sampling.device), reference_path, cache=batches)
+               if fid or reference is not None else None)
     for run in runs:
         run["fid"] = context.section(run["_images"]) if context else FidContext.not_computed(sampling.num_samples)
     with atomic_folder(out, overwrite=overwrite) as staging:

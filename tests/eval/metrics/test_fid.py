@@ -181,3 +181,42 @@ def test_inception_from_a_given_path_is_checked_by_sha256(tmp_path, monkeypatch)
 def test_the_wheels_inception_has_the_published_sha256(monkeypatch) -> None:
     monkeypatch.delenv(fid.INCEPTION_ENV, raising=False)
     assert fid.check_inception(fid.inception_path()).name == fid.INCEPTION_FILE
+
+
+class _CountingExtractor:
+    """Stands in for InceptionFeatures: features a function of the pixels, calls counted."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        flat = images.reshape(len(images), -1).astype(np.float64)
+        return np.tile(flat[:, :8], (1, FEATURE_DIM // 8)) + np.arange(FEATURE_DIM) * 1e-3
+
+
+def test_cached_image_stats_reads_back_the_same_samples_only(tmp_path) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (6, 4, 4, 3), dtype=np.uint8)
+    extractor = _CountingExtractor()
+    first = fid.cached_image_stats(images, extractor, tmp_path)
+    again = fid.cached_image_stats(images.copy(), extractor, tmp_path)
+    assert extractor.calls == 1
+    np.testing.assert_array_equal(first.mu, again.mu)
+    np.testing.assert_array_equal(first.sigma, again.sigma)
+    other = images.copy()
+    other[0, 0, 0, 0] ^= 1
+    fid.cached_image_stats(other, extractor, tmp_path)
+    assert extractor.calls == 2
+    fresh = fid.cached_image_stats(images, extractor, None)
+    assert extractor.calls == 3
+    np.testing.assert_allclose(fresh.mu, first.mu)
+
+
+def test_cached_image_stats_refuses_a_file_of_another_count(tmp_path) -> None:
+    images = np.zeros((3, 4, 4, 3), dtype=np.uint8)
+    images[1] = 7
+    images[2] = 200
+    path = tmp_path / "stats" / f"{fid.images_sha256(images)}.npz"
+    FeatureStats.from_features(_gaussian(5, FEATURE_DIM, 1)).save(path)
+    with pytest.raises(SdmError, match="another network or image count"):
+        fid.cached_image_stats(images, _CountingExtractor(), tmp_path)
