@@ -125,7 +125,8 @@ def print_equivalence(eq: dict, closed_form_psnr_db: float, indent: str) -> None
 
 def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
     return SamplingSettings(num_samples=args.num_samples, steps=args.steps, seed=args.seed, sampler=args.sampler,
-                            batch_size=args.batch_size, device=args.device, tf32=args.tf32)
+                            batch_size=args.batch_size, device=args.device, tf32=args.tf32,
+                            eps_error_samples=getattr(args, "eps_error_samples", None))
 
 
 def run_command(prog: str, action: Callable[[], T], report: Callable[[T], None] | None = None,

@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coding", default="rate",  # checked by converter.spiking.delta.check_coding
                    help="how the steps simulation sends spikes: rate (each evaluation all its spikes) or delta (each "
                         "neuron the change against the previous denoising step: the same samples, fewer events)")
+    p.add_argument("--eps-error-samples", type=int, default=None,
+                   help="measure the per-step eps error (the ANN evaluated on the SNN's trajectory, one more UNet call "
+                        "per step) on the first N samples only, rounded up to whole batches (default: every sample; "
+                        "FID runs over thousands of samples take half the time with e.g. 256)")
     add_batches_argument(p)
     add_output_arguments(p)
     f = add_subcommand(sub, "ann-fid", "sample one ANN and measure its FID against reference statistics")

@@ -70,9 +70,14 @@ class SamplingSettings:
     batch_size: int = 16
     device: Any = "cpu"  # a device name, or the torch.device it resolved to
     tf32: bool = False  # see core.devices.set_tf32: off keeps ANN and SNN on the same float32 arithmetic
+    # The ANN's eps on the SNN's trajectory costs one more UNet call per step: measure it on the first
+    # samples only (whole batches) when thousands are sampled for FID. None: on every sample.
+    eps_error_samples: int | None = None
 
     def __post_init__(self) -> None:
         at_least("--num-samples", self.num_samples, 1)
+        if self.eps_error_samples is not None:
+            at_least("--eps-error-samples", self.eps_error_samples, 1)
         at_least("--steps", self.steps, 1)
         at_least("--batch-size", self.batch_size, 1)
         require(self.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")

@@ -97,7 +97,11 @@ def gather_trajectory(part: Trajectory) -> Trajectory:
 
     def joined(name: str) -> torch.Tensor | None:
         values = [getattr(p, name) for p in parts]
-        return None if values[0] is None else torch.cat(values)[order]
+        if values[0] is None:
+            return None
+        # eps rows may cover only each rank's first samples (--eps-error-samples): order those alone
+        rows = torch.cat([p.indices[:len(v)] for p, v in zip(parts, values)]).argsort()
+        return torch.cat(values)[rows]
 
     return Trajectory(samples=joined("samples"), indices=joined("indices"),
                       eps_rel_l2_samples=joined("eps_rel_l2_samples"), eps_cosine_samples=joined("eps_cosine_samples"),

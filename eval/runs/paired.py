@@ -57,7 +57,8 @@ def batch_store(folder: Path | None, label: str, model: str, settings: SamplingS
         return None
     identity = {"model": model, "sampler": settings.sampler, "steps": settings.steps, "seed": settings.seed,
                 "batch_size": settings.batch_size, "num_samples": settings.num_samples, "simulation": simulation,
-                "device": torch.device(settings.device).type, "tf32": settings.tf32, "eps_errors": paired}
+                "device": torch.device(settings.device).type, "tf32": settings.tf32,
+                "eps_errors": paired if not paired or settings.eps_error_samples is None else settings.eps_error_samples}
     return BatchStore(Path(folder) / label, identity)
 
 
@@ -66,7 +67,8 @@ def _sample(unet, noise: torch.Tensor, source: SourceModel, settings: SamplingSe
     """run_sampler over this process's share of the batches, gathered from every process."""
     part = run_sampler(unet, noise, settings.sampler, source.scheduler_config, settings.steps, settings.seed,
                        settings.batch_size, settings.device, reference=reference, desc=desc,
-                       chunks=distributed.my_batches(len(noise), settings.batch_size), tf32=settings.tf32, store=store)
+                       chunks=distributed.my_batches(len(noise), settings.batch_size), tf32=settings.tf32, store=store,
+                       reference_samples=settings.eps_error_samples)
     return distributed.gather_trajectory(part)
 
 
@@ -153,6 +155,7 @@ def _measure(snn: SpikingUNet2DModel, source: SourceModel, noise: torch.Tensor, 
             "eps_rel_l2_per_step": run.eps_rel_l2,
             "eps_cosine": float(np.mean(run.eps_cosine)),
             "eps_cosine_per_step": run.eps_cosine,
+            "eps_error_samples": 0 if run.eps_rel_l2_samples is None else len(run.eps_rel_l2_samples),
         },
         "spike_rate": spike_rate,
         "energy": energy,

@@ -64,8 +64,11 @@ def run_sampler(
     chunks: Sequence[int] | None = None,
     tf32: bool = False,
     store: BatchStore | None = None,
+    reference_samples: int | None = None,
 ) -> Trajectory:
-    """Sample from `noise` with `unet`; with `reference`, measure eps error at every step.
+    """Sample from `noise` with `unet`; with `reference`, measure eps error at every step (of the
+    batches that start before sample `reference_samples` only, when given: the eps rows then hold
+    the first samples of this shard, in order).
 
     The noise runs in batches of `batch_size` (`chunks`: only these batch indices, for a shard);
     a stochastic sampler's generator is keyed by the batch's global index, so a sample does not
@@ -90,8 +93,13 @@ def run_sampler(
         calls[0] += 1
         return eps
 
+    measuring = [False]
+
+    def measured(index: int) -> bool:
+        return reference is not None and (reference_samples is None or index * batch_size < reference_samples)
+
     def observe(step: int, t: torch.Tensor, model_input: torch.Tensor, eps: torch.Tensor) -> None:
-        if reference is not None:
+        if measuring[0]:
             ref = reference(model_input, t).flatten(1)
             got = eps.flatten(1)
             chunk_rel.append((got - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-12))
@@ -102,9 +110,10 @@ def run_sampler(
         generator = torch.Generator(device="cpu").manual_seed(seed * 1000003 + index)
         chunk_rel.clear()
         chunk_cos.clear()
+        measuring[0] = measured(index)
         x = run_trajectory(timed, batches[index].to(device), sampler, scheduler_config, steps, generator, observe)
         batch = {"samples": x.clamp(-1, 1).cpu()}
-        if reference is not None:
+        if measuring[0]:
             batch["eps_rel_l2"] = torch.stack(chunk_rel, dim=1).cpu()
             batch["eps_cosine"] = torch.stack(chunk_cos, dim=1).cpu()
         return batch
@@ -123,7 +132,7 @@ def run_sampler(
                 calls[0] += int(kept["calls"])
                 progress.update(num_steps)
             outputs.append(kept["samples"])
-            if reference is not None:
+            if measured(index):
                 rel.append(kept["eps_rel_l2"])
                 cos.append(kept["eps_cosine"])
     progress.close()

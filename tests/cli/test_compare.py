@@ -84,6 +84,17 @@ def test_kept_batches_give_a_second_run_the_same_samples_without_sampling(conver
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
+
+def test_eps_errors_on_the_first_batch_only_leave_the_samples_alone(converted, tmp_path):
+    argv = ["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "snn2"), "--num-samples", "3",
+            "--steps", "2", "--batch-size", "2", "--simulation", "closed-form"]
+    assert compare_main([*argv, "--out", str(tmp_path / "all")]) == 0
+    assert compare_main([*argv, "--eps-error-samples", "1", "--out", str(tmp_path / "first")]) == 0
+    every, first = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("all", "first"))
+    assert every["paired"]["eps_error_samples"] == 3 and first["paired"]["eps_error_samples"] == 2
+    assert first["paired"]["psnr_db_per_image"] == every["paired"]["psnr_db_per_image"]
+    assert (tmp_path / "all" / "samples_snn.npz").read_bytes() == (tmp_path / "first" / "samples_snn.npz").read_bytes()
+
 def refused(capsys, argv, tmp_path, expected):
     refused_by(compare_main, "compare.py", capsys, argv, tmp_path, expected, out_name="never")
 
@@ -91,6 +102,7 @@ def refused(capsys, argv, tmp_path, expected):
 @pytest.mark.parametrize("argv, expected", [
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--steps", "0"], "--steps must be >= 1"),
+    (["--eps-error-samples", "0"], "--eps-error-samples must be >= 1"),
 ])
 def test_refuses_bad_sampling_options_before_any_model_loads(tmp_path, capsys, argv, expected):
     refused(capsys, ["ann-vs-snn", "--ann", str(tmp_path / "missing"), "--snn", str(tmp_path / "none"), *argv],

@@ -37,3 +37,22 @@ def test_the_eps_error_grows_with_a_perturbed_model(tiny_source):
     noise = initial_noise(2, sample_shape(tiny_source.unet), 0)
     run = run_sampler(noisy, noise, "ddim", tiny_source.scheduler_config, STEPS, 0, 2, reference=unet)
     assert run.eps_rel_l2 == pytest.approx([0.1] * STEPS, rel=1e-4)
+
+
+def test_eps_errors_on_the_first_samples_only_are_the_full_runs_first_rows(tiny_source):
+    unet = as_eps_function(tiny_source.unet)
+    noisy = lambda x, t: unet(x, t) * 1.1  # noqa: E731
+    calls = [0]
+
+    def counted(x, t):
+        calls[0] += 1
+        return unet(x, t)
+
+    noise = initial_noise(5, sample_shape(tiny_source.unet), 2)
+    full = run_sampler(noisy, noise, "ddim", tiny_source.scheduler_config, STEPS, 0, 2, reference=unet)
+    part = run_sampler(noisy, noise, "ddim", tiny_source.scheduler_config, STEPS, 0, 2, reference=counted,
+                       reference_samples=3)
+    assert calls[0] == 2 * STEPS  # batches starting at samples 0 and 2; the one at 4 is not measured
+    assert part.eps_rel_l2_samples.shape == (4, STEPS)
+    torch.testing.assert_close(part.eps_rel_l2_samples, full.eps_rel_l2_samples[:4])
+    assert torch.equal(part.samples, full.samples)
