@@ -153,14 +153,14 @@ ann = seconds["ann"]
 def fixed(chosen):  # converting, start-up and loading, Inception features, three Frechet distances per SNN
     return 60 + 45 * len(chosen)
 
-def cost(n, chosen):  # ANN sampling, then per SNN its sampling and the ANN on its trajectory (eps error)
-    return steps * math.ceil(n / batch) * (ann + sum(seconds[f"snn-T{t}"] + ann for t in chosen)) + fixed(chosen)
+def cost(n, chosen):  # ANN sampling, then per SNN its sampling, and the ANN on its first batch's trajectory (eps error)
+    return steps * (math.ceil(n / batch) * (ann + sum(seconds[f"snn-T{t}"] for t in chosen)) + ann * len(chosen)) + fixed(chosen)
 
 chosen = [t for k, t in enumerate(timesteps) if cost(samples, timesteps[:k + 1]) <= left]
 if not chosen:  # even the first SNN does not fit: as many whole batches as do
     chosen = timesteps[:1]
-    per_batch = steps * (2 * ann + seconds[f"snn-T{chosen[0]}"])
-    samples = max(batch, int((left - fixed(chosen)) // per_batch) * batch)
+    per_batch = steps * (ann + seconds[f"snn-T{chosen[0]}"])
+    samples = max(batch, int((left - fixed(chosen) - steps * ann) // per_batch) * batch)
 print(samples, f"{cost(samples, chosen):.0f}", *chosen)
 EOF
 )
@@ -183,7 +183,7 @@ EOF
   log "sampling ANN and SNN(s) ${snns[*]##*/}: $samples samples, DDIM $steps, batch $batch, TF32 $([ -n "$tf32" ] && echo on || echo off)"
   rm -rf "$WORK/report"
   "$PYTHON" "$REPO/eval/compare.py" ann-vs-snn --ann "$ann" --snn "${snns[@]}" --num-samples "$samples" --steps "$steps" \
-    --batch-size "$batch" --seed 0 --sampler ddim --fid-ref "$WORK/cifar10-test.npz" --device "$device" ${tf32:+--tf32} \
+    --batch-size "$batch" --eps-error-samples "$batch" --seed 0 --sampler ddim --fid-ref "$WORK/cifar10-test.npz" --device "$device" ${tf32:+--tf32} \
     --out "$WORK/report" 2>&1 | tee -a "$LOG"
   cp "$WORK/report/"{report.json,report.md,grid.png,spike_rates.png} "$WORK/report/"samples_*.npz "$out/"
   log "done in ${SECONDS} s"
