@@ -197,3 +197,43 @@ int64_t fire_exact(float *restrict values, int64_t steps, int64_t rows, int64_t 
     free(sum);
     return units;
 }
+
+/* The closed form of a site (SpikingActivation.twin): its ideal quantiser on a time-averaged
+   input. values: [rows][hw], the site's nonlinearity on the mean current (signed sites: after the
+   activation); out: theta_pos * ON - theta_neg * OFF, over T, with the counts of
+   sdm.core.quantise.signed_counts for the cumulative drive T * clamp(value, -theta_neg, theta_pos)
+   (signed) or T * value (unsigned). Same float operations in the same order as the PyTorch path;
+   comparisons written so that a NaN passes through as torch's clamps pass it. */
+static inline float twin_count(float cumulative, float theta, float init, float top) {
+    float ratio = (cumulative < 0.0f ? 0.0f : cumulative) / theta;
+    ratio = floorf(ratio + init);
+    ratio = ratio < 0.0f ? 0.0f : ratio;
+    return ratio > top ? top : ratio;
+}
+
+SDM_CLONES
+void twin_sites(const float *restrict values, float *restrict out, int64_t rows, int64_t hw, int64_t channels,
+                const float *threshold_pos, const float *threshold_neg, float scale, float init, int64_t steps,
+                int64_t is_signed, int64_t begin, int64_t end) {
+    const float top = (float)steps;
+    for (int64_t r = begin; r < end; ++r) {
+        const int64_t c = r % channels;
+        const float tp = threshold_pos[c] * scale, tn = threshold_neg[c] * scale;
+        const float *restrict x = values + r * hw;
+        float *restrict o = out + r * hw;
+        if (is_signed) {
+            const float lo = -tn;
+            for (int64_t i = 0; i < hw; ++i) {
+                float value = x[i];
+                value = value < lo ? lo : value;
+                value = value > tp ? tp : value;
+                const float cumulative = value * top;
+                const float on = twin_count(cumulative, tp, init, top);
+                const float off = twin_count(-cumulative, tn, init, top);
+                o[i] = (tp * on - tn * off) / top;
+            }
+        } else {
+            for (int64_t i = 0; i < hw; ++i) o[i] = tp * twin_count(x[i] * top, tp, init, top) / top;
+        }
+    }
+}

@@ -91,6 +91,9 @@ def _library() -> ctypes.CDLL | None:
     library.fire_exact.argtypes = [_pointer, _int, _int, _int, _int, _pointer, _pointer, ctypes.c_float, ctypes.c_float,
                                    _int, _pointer, _pointer, _int, _int, _int, _int, _int, _int]
     library.fire_exact.restype = _int
+    library.twin_sites.argtypes = [_pointer, _pointer, _int, _int, _int, _pointer, _pointer, ctypes.c_float,
+                                   ctypes.c_float, _int, _int, _int, _int]
+    library.twin_sites.restype = None
     return library
 
 
@@ -174,3 +177,17 @@ def fire(values: torch.Tensor, neuron: SiteNeuron, shift: torch.Tensor, tsm: tor
     if min(counts) < 0:
         raise MemoryError("site kernel could not allocate its scratch row")
     return values, sum(counts)
+
+
+def twin(values: torch.Tensor, neuron: SiteNeuron, timesteps: int) -> torch.Tensor:
+    """A site's closed form on `values` ([B, C, ...], contiguous: its nonlinearity on the mean
+    current), as a new tensor: SpikingActivation.twin's clamp, counts and levels in one pass."""
+    batch, channels = values.shape[0], values.shape[1]
+    hw = values[0, 0].numel()
+    out = torch.empty_like(values)
+    library = _library()
+    constants = (neuron.threshold_pos.data_ptr(), neuron.threshold_neg.data_ptr(), float(neuron.threshold_scale),
+                 neuron.membrane_init, timesteps, int(neuron.signed))
+    _split(batch * channels, lambda begin, end: library.twin_sites(values.data_ptr(), out.data_ptr(), batch * channels,
+                                                                  hw, channels, *constants, begin, end))
+    return out

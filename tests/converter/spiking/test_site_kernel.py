@@ -129,3 +129,31 @@ def test_an_unwritable_cache_is_named_once_and_the_kernel_still_runs(tmp_path, m
         assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
     finally:
         site_kernel._library.cache_clear()
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("neuron", ["exact", "single-spike"])
+def test_fused_closed_form_equals_the_tensor_op_twin(signed, neuron):
+    generator = torch.Generator().manual_seed(5)
+    site = _site(signed, False, generator, neuron)
+    mean = torch.randn(3, 6, 4, 4, generator=generator) * 2
+    mean[0, 0, 0, :2] = torch.tensor([0.0, -0.0])
+    with torch.no_grad():
+        fused = site.twin(mean)
+        with site_kernel.disabled():
+            reference = site.twin(mean)
+    graded = site.twin(mean.clone().requires_grad_(True)).detach()
+    assert torch.equal(fused, reference) and torch.equal(fused, graded)
+    assert len(fused.unique()) > 3  # several levels reached, not a constant
+
+
+def test_the_fused_closed_form_of_an_identity_site_leaves_its_input_alone():
+    site = SpikingActivation("s", torch.nn.Identity(), torch.nn.Identity(), 6, timesteps=4, signed=True,
+                             membrane_init=0.5)
+    with torch.no_grad():
+        site.neuron.threshold_pos.fill_(0.5)
+        site.neuron.threshold_neg.fill_(0.25)
+        mean = torch.randn(2, 6, 3, 3, generator=torch.Generator().manual_seed(6))
+        kept = mean.clone()
+        out = site.twin(mean)
+    assert torch.equal(mean, kept) and not torch.equal(out, mean)
