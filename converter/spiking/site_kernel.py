@@ -4,7 +4,8 @@ A site's per-step work (running mean, clamp, expectation increments, neuron upda
 shift) is a chain of cheap elementwise operations; as separate PyTorch ops over [T, B, C, H, W]
 tensors they cost more than the site's GroupNorm and SiLU (comparisons, `where` and broadcast
 clamps are not vectorised well on CPU). `site_kernel.c` does the same float arithmetic in the
-same order in one loop, so outputs are bit-identical (tests/converter/test_execution.py).
+same order in one loop, so outputs are bit-identical (tests/converter/spiking/test_site_kernel.py).
+The closed form's twin (clamp, ON/OFF counts, levels) is one such loop too (`twin`).
 
 The C file is compiled on first use with the system C compiler into a per-user cache and loaded
 with ctypes (no Python headers, no torch extension build). Where the cache cannot be written, a
