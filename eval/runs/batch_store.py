@@ -2,12 +2,14 @@
 survives being killed and continues where it stopped.
 
 A store is a folder holding `identity.json` (everything a batch's samples depend on: the model's
-fingerprint, sampler, steps, seed, batch size, sample count, simulation) and one safetensors
-file per finished batch (`batch-000012.safetensors`: samples, per-step eps errors, UNet seconds
-and calls), each written atomically (core/atomic.py). Because the noise of sample i and the
-generator of batch k are functions of the seed alone (eval/runs/sampling.py), a batch computed
-in a later run is byte-identical to the one an uninterrupted run would have made. A store made
-with other options is refused in one line rather than mixed.
+fingerprint, sampler, steps, seed, batch size, simulation) and one safetensors file per finished
+batch (`batch-000012.safetensors`: samples, per-step eps errors, UNet seconds and calls; a last
+batch with fewer samples than the batch size is `batch-000012-of-8.safetensors`), each written
+atomically (core/atomic.py). Because the noise of sample i and the generator of batch k are
+functions of the seed alone (eval/runs/sampling.py), a batch computed in a later run is
+byte-identical to the one an uninterrupted run would have made; and since the sample count is
+not part of the identity, runs over 2,000 and 5,000 samples share their first batches. A store
+made with other options is refused in one line rather than mixed.
 """
 
 from __future__ import annotations
@@ -54,21 +56,26 @@ class BatchStore:
                 raise BatchStoreError(f"cannot write batch store {self.folder}: {exc.strerror or exc}") from None
             write_text(path, json.dumps(self.identity, indent=2, sort_keys=True), BatchStoreError)
 
-    def _path(self, index: int) -> Path:
-        return self.folder / f"batch-{index:06d}.safetensors"
+    def _path(self, index: int, rows: int) -> Path:
+        partial = "" if rows == self.identity.get("batch_size") else f"-of-{rows}"
+        return self.folder / f"batch-{index:06d}{partial}.safetensors"
 
     def finished(self) -> list[int]:
         return sorted(int(p.stem.split("-")[1]) for p in self.folder.glob("batch-*.safetensors"))
 
-    def load(self, index: int) -> dict[str, torch.Tensor] | None:
-        """A finished batch's tensors, or None when it has not been run yet."""
-        path = self._path(index)
+    def load(self, index: int, rows: int) -> dict[str, torch.Tensor] | None:
+        """Batch `index` of `rows` samples if it is finished, else None."""
+        path = self._path(index, rows)
         if not path.exists():
             return None
         try:
-            return load_tensors(path.read_bytes())
+            tensors = load_tensors(path.read_bytes())
         except (OSError, SafetensorError) as exc:
             raise BatchStoreError(f"unreadable batch {path}: {exc}") from None
+        if "samples" not in tensors or len(tensors["samples"]) != rows:
+            raise BatchStoreError(f"batch {path} does not hold {rows} samples: remove it")
+        return tensors
 
     def save(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
-        write_bytes(self._path(index), save_tensors({k: v.contiguous() for k, v in tensors.items()}), BatchStoreError)
+        path = self._path(index, len(tensors["samples"]))
+        write_bytes(path, save_tensors({k: v.contiguous() for k, v in tensors.items()}), BatchStoreError)

@@ -56,7 +56,7 @@ def batch_store(folder: Path | None, label: str, model: str, settings: SamplingS
     if folder is None:
         return None
     identity = {"model": model, "sampler": settings.sampler, "steps": settings.steps, "seed": settings.seed,
-                "batch_size": settings.batch_size, "num_samples": settings.num_samples, "simulation": simulation,
+                "batch_size": settings.batch_size, "simulation": simulation,
                 "device": torch.device(settings.device).type, "tf32": settings.tf32,
                 "eps_errors": paired if not paired or settings.eps_error_samples is None else settings.eps_error_samples}
     return BatchStore(Path(folder) / label, identity)

@@ -120,7 +120,7 @@ def run_sampler(
 
     with tf32_mode(tf32):
         for index in chunks:
-            kept = store.load(index) if store is not None else None
+            kept = store.load(index, len(batches[index])) if store is not None else None
             if kept is None:
                 seconds, made = timer.seconds, calls[0]
                 kept = _run_batch(index)

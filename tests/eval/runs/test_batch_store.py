@@ -1,20 +1,21 @@
-"""Kept batches: a killed run continues with byte-identical samples; another run's store is refused."""
+"""Kept batches: a killed run continues with byte-identical samples, runs over fewer samples share
+their batches, another run's store is refused."""
 
 import pytest
 import torch
-from sdm.core.diffusion import as_eps_function
+from sdm.core.diffusion import as_eps_function, initial_noise
 from sdm.eval.runs.batch_store import BatchStore, BatchStoreError
 from sdm.eval.runs.sampling import run_sampler
 
-IDENTITY = {"model": "tiny", "sampler": "ddpm", "steps": 3, "seed": 5, "batch_size": 2, "num_samples": 5}
+IDENTITY = {"model": "tiny", "sampler": "ddpm", "steps": 3, "seed": 5, "batch_size": 2}
 
 
 class Killed(Exception):
     pass
 
 
-def _sample(tiny_source, eps, store=None):
-    noise = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+def _sample(tiny_source, eps, store=None, samples=5):
+    noise = initial_noise(samples, (3, 8, 8), 5)
     return run_sampler(eps, noise, "ddpm", tiny_source.scheduler_config, 3, seed=5, batch_size=2,
                        reference=as_eps_function(tiny_source.unet), store=store)
 
@@ -52,4 +53,29 @@ def test_a_store_of_another_run_is_refused_in_one_line(tmp_path):
         BatchStore(tmp_path / "s", {**IDENTITY, "seed": 6})
     (tmp_path / "s" / "batch-000000.safetensors").write_bytes(b"not a batch")
     with pytest.raises(BatchStoreError, match="unreadable batch"):
-        BatchStore(tmp_path / "s", IDENTITY).load(0)
+        BatchStore(tmp_path / "s", IDENTITY).load(0, 2)
+    store = BatchStore(tmp_path / "s", IDENTITY)
+    store.save(1, {"samples": torch.zeros(2, 3, 8, 8)})
+    (tmp_path / "s" / "batch-000001.safetensors").rename(tmp_path / "s" / "batch-000001-of-1.safetensors")
+    with pytest.raises(BatchStoreError, match="does not hold 1 samples: remove it"):
+        store.load(1, 1)
+
+
+def test_a_run_over_fewer_samples_shares_its_batches(tiny_source, tmp_path):
+    ann = as_eps_function(tiny_source.unet)
+    uninterrupted = _sample(tiny_source, ann)
+    calls = [0]
+
+    def counted(x, t):
+        calls[0] += 1
+        return ann(x, t)
+
+    fewer = _sample(tiny_source, counted, BatchStore(tmp_path / "ann", IDENTITY), samples=3)
+    assert calls[0] == 6 and torch.equal(fewer.samples[:2], uninterrupted.samples[:2])
+    assert sorted(p.name for p in (tmp_path / "ann").glob("batch-*")) == ["batch-000000.safetensors",
+                                                                          "batch-000001-of-1.safetensors"]
+    more = _sample(tiny_source, counted, BatchStore(tmp_path / "ann", IDENTITY))
+    assert calls[0] == 6 + 6  # batch 0 kept; batch 1 now of 2 samples and batch 2 of 1 sampled
+    assert more.samples.numpy().tobytes() == uninterrupted.samples.numpy().tobytes()
+    assert torch.equal(_sample(tiny_source, counted, BatchStore(tmp_path / "ann", IDENTITY), samples=3).samples,
+                       fewer.samples) and calls[0] == 12
