@@ -8,12 +8,14 @@ batch with fewer samples than the batch size is `batch-000012-of-8.safetensors`)
 atomically (core/atomic.py). Because the noise of sample i and the generator of batch k are
 functions of the seed alone (eval/runs/sampling.py), a batch computed in a later run is
 byte-identical to the one an uninterrupted run would have made; and since the sample count is
-not part of the identity, runs over 2,000 and 5,000 samples share their first batches. A store
+not part of the identity, runs over 2,000 and 5,000 samples share their first batches. Each batch
+also keeps the sha256 of the noise it started from, and answers only for that noise. A store
 made with other options is refused in one line rather than mixed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from ...core.atomic import write_bytes, write_text
 from ...core.errors import SdmError
 
 IDENTITY = "identity.json"
+NOISE_KEY = "noise_sha256"
 
 
 class BatchStoreError(SdmError):
@@ -63,19 +66,27 @@ class BatchStore:
     def finished(self) -> list[int]:
         return sorted(int(p.stem.split("-")[1]) for p in self.folder.glob("batch-*.safetensors"))
 
-    def load(self, index: int, rows: int) -> dict[str, torch.Tensor] | None:
-        """Batch `index` of `rows` samples if it is finished, else None."""
-        path = self._path(index, rows)
+    def load(self, index: int, noise: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """Batch `index` sampled from `noise` if it is finished, else None."""
+        path = self._path(index, len(noise))
         if not path.exists():
             return None
         try:
             tensors = load_tensors(path.read_bytes())
         except (OSError, SafetensorError) as exc:
             raise BatchStoreError(f"unreadable batch {path}: {exc}") from None
-        if "samples" not in tensors or len(tensors["samples"]) != rows:
-            raise BatchStoreError(f"batch {path} does not hold {rows} samples: remove it")
+        if not torch.equal(tensors.get(NOISE_KEY, torch.zeros(0)), noise_digest(noise)):
+            raise BatchStoreError(f"batch {path} was not sampled from this run's noise: use another folder")
         return tensors
 
-    def save(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
-        path = self._path(index, len(tensors["samples"]))
-        write_bytes(path, save_tensors({k: v.contiguous() for k, v in tensors.items()}), BatchStoreError)
+    def save(self, index: int, noise: torch.Tensor, tensors: dict[str, torch.Tensor]) -> None:
+        """Keep batch `index`, sampled from `noise` (its digest is kept with it)."""
+        tensors = {**{k: v.contiguous() for k, v in tensors.items()}, NOISE_KEY: noise_digest(noise)}
+        write_bytes(self._path(index, len(noise)), save_tensors(tensors), BatchStoreError)
+
+
+def noise_digest(noise: torch.Tensor) -> torch.Tensor:
+    """sha256 of a batch's starting noise (float32 bytes), as 32 uint8: what ties a kept batch to
+    its inputs, whichever sample count the run that made it had."""
+    data = noise.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return torch.tensor(list(hashlib.sha256(data).digest()), dtype=torch.uint8)

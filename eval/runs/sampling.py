@@ -120,13 +120,14 @@ def run_sampler(
 
     with tf32_mode(tf32):
         for index in chunks:
-            kept = store.load(index, len(batches[index])) if store is not None else None
+            kept = store.load(index, batches[index]) if store is not None else None
             if kept is None:
                 seconds, made = timer.seconds, calls[0]
                 kept = _run_batch(index)
                 if store is not None:
-                    store.save(index, {**kept, "seconds": torch.tensor([timer.seconds - seconds], dtype=torch.float64),
-                                       "calls": torch.tensor([calls[0] - made])})
+                    store.save(index, batches[index], {
+                        **kept, "seconds": torch.tensor([timer.seconds - seconds], dtype=torch.float64),
+                        "calls": torch.tensor([calls[0] - made])})
             else:
                 stored_seconds[0] += float(kept["seconds"])
                 calls[0] += int(kept["calls"])

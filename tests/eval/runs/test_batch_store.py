@@ -52,13 +52,14 @@ def test_a_store_of_another_run_is_refused_in_one_line(tmp_path):
     with pytest.raises(BatchStoreError, match="belongs to another run \\(differs in seed\\)"):
         BatchStore(tmp_path / "s", {**IDENTITY, "seed": 6})
     (tmp_path / "s" / "batch-000000.safetensors").write_bytes(b"not a batch")
+    noise = initial_noise(2, (3, 8, 8), 0)
     with pytest.raises(BatchStoreError, match="unreadable batch"):
-        BatchStore(tmp_path / "s", IDENTITY).load(0, 2)
+        BatchStore(tmp_path / "s", IDENTITY).load(0, noise)
     store = BatchStore(tmp_path / "s", IDENTITY)
-    store.save(1, {"samples": torch.zeros(2, 3, 8, 8)})
-    (tmp_path / "s" / "batch-000001.safetensors").rename(tmp_path / "s" / "batch-000001-of-1.safetensors")
-    with pytest.raises(BatchStoreError, match="does not hold 1 samples: remove it"):
-        store.load(1, 1)
+    store.save(1, noise, {"samples": torch.zeros(2, 3, 8, 8)})
+    assert torch.equal(store.load(1, noise)["samples"], torch.zeros(2, 3, 8, 8))
+    with pytest.raises(BatchStoreError, match="was not sampled from this run's noise: use another folder"):
+        store.load(1, initial_noise(2, (3, 8, 8), 1))
 
 
 def test_a_run_over_fewer_samples_shares_its_batches(tiny_source, tmp_path):
