@@ -79,15 +79,19 @@ def test_overwrite_replaces_and_refusals_are_one_line(tmp_path):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_a_terminating_signal_removes_the_staging_folder(tmp_path, signum):
-    before = signal.getsignal(signum)
-    with pytest.raises(Interrupted) as caught:
-        with atomic.atomic_folder(tmp_path / "out") as staging:
-            (staging / "big.bin").write_bytes(b"0" * 1000)
-            signal.raise_signal(signum)  # to this thread (os.kill may reach another thread, late)
-            raise AssertionError("the signal should have interrupted the block")
-    assert caught.value.signum == signum
-    assert list(tmp_path.iterdir()) == []
-    assert signal.getsignal(signum) == before
+    # from the default disposition: a suite started under nohup ignores SIGHUP, which blocks leave alone
+    inherited = signal.signal(signum, signal.SIG_DFL)
+    try:
+        with pytest.raises(Interrupted) as caught:
+            with atomic.atomic_folder(tmp_path / "out") as staging:
+                (staging / "big.bin").write_bytes(b"0" * 1000)
+                signal.raise_signal(signum)  # to this thread (os.kill may reach another thread, late)
+                raise AssertionError("the signal should have interrupted the block")
+        assert caught.value.signum == signum
+        assert list(tmp_path.iterdir()) == []
+        assert signal.getsignal(signum) == signal.SIG_DFL
+    finally:
+        signal.signal(signum, inherited)
 
 
 def test_commands_end_in_one_line_with_the_conventional_exit_code(tmp_path, capsys):
