@@ -20,17 +20,23 @@ def _sample(tiny_source, eps, store=None, samples=5):
                        reference=as_eps_function(tiny_source.unet), store=store)
 
 
+def _counted(eps, dies_at_call: int | None = None):
+    """`eps` that counts its calls (calls[0]) and raises Killed at call `dies_at_call`."""
+    calls = [0]
+
+    def counted(x, t):
+        calls[0] += 1
+        if calls[0] == dies_at_call:
+            raise Killed
+        return eps(x, t)
+    return counted, calls
+
+
 def test_a_killed_run_continues_with_the_same_samples(tiny_source, tmp_path):
     ann = as_eps_function(tiny_source.unet)
     uninterrupted = _sample(tiny_source, ann)
-    calls = [0]
-
-    def dies_in_the_second_batch(x, t):
-        calls[0] += 1
-        if calls[0] == 5:  # 3 steps per batch: the first batch is done, the second is not
-            raise Killed
-        return ann(x, t)
-
+    # 3 steps per batch: at call 5 the first batch is done, the second is not
+    dies_in_the_second_batch, _ = _counted(ann, dies_at_call=5)
     with pytest.raises(Killed):
         _sample(tiny_source, dies_in_the_second_batch, BatchStore(tmp_path / "ann", IDENTITY))
     assert BatchStore(tmp_path / "ann", IDENTITY).finished() == [0]
@@ -65,12 +71,7 @@ def test_a_store_of_another_run_is_refused_in_one_line(tmp_path):
 def test_a_run_over_fewer_samples_shares_its_batches(tiny_source, tmp_path):
     ann = as_eps_function(tiny_source.unet)
     uninterrupted = _sample(tiny_source, ann)
-    calls = [0]
-
-    def counted(x, t):
-        calls[0] += 1
-        return ann(x, t)
-
+    counted, calls = _counted(ann)
     fewer = _sample(tiny_source, counted, BatchStore(tmp_path / "ann", IDENTITY), samples=3)
     assert calls[0] == 6 and torch.equal(fewer.samples[:2], uninterrupted.samples[:2])
     assert sorted(p.name for p in (tmp_path / "ann").glob("batch-*")) == ["batch-000000.safetensors",
