@@ -189,8 +189,7 @@ class SpikingActivation(TimeFolded):
         if site_kernel.applicable(mean_current, neuron.threshold_pos, neuron.threshold_neg):
             values = self.norm(mean_current)
             values = self.activation(values) if neuron.signed else values
-            if values.is_contiguous():
-                return site_kernel.twin(values, neuron, self.timesteps)
+            return site_kernel.twin(values.contiguous(), neuron, self.timesteps)
         cumulative = self.drive(mean_current) * float(self.timesteps)
         on, off = self.neuron.counts(cumulative, self.timesteps)
         theta_pos, theta_neg = self.neuron.thresholds(cumulative)

@@ -93,7 +93,6 @@ def gather_trajectory(part: Trajectory) -> Trajectory:
         return part
     parts: list[Trajectory | None] = [None] * world_size()
     dist.all_gather_object(parts, part)
-    order = torch.cat([p.indices for p in parts]).argsort()
 
     def joined(name: str) -> torch.Tensor | None:
         values = [getattr(p, name) for p in parts]

@@ -58,7 +58,7 @@ def batch_store(folder: Path | None, label: str, model: str, settings: SamplingS
     identity = {"model": model, "sampler": settings.sampler, "steps": settings.steps, "seed": settings.seed,
                 "batch_size": settings.batch_size, "simulation": simulation,
                 "device": torch.device(settings.device).type, "tf32": settings.tf32,
-                "eps_errors": paired if not paired or settings.eps_error_samples is None else settings.eps_error_samples}
+                "eps_errors": (settings.eps_error_samples or True) if paired else False}
     return BatchStore(Path(folder) / label, identity)
 
 
