@@ -89,14 +89,17 @@ def ann_vs_snn(ann: str, snn_folders: list[Path], sampling: SamplingSettings, ou
         save_grid_rows([ann_images[:16]] + [r["_images"][:16] for r in runs], staging / "grid.png",
                        labels=["ANN"] + [r["label"] for r in runs])
         plot_spike_rates({r["label"]: r["spike_rate"]["per_site"] for r in runs}, staging / "spike_rates.png")
+        # the closed form counts no spikes: its runs have no energy to plot
+        counted = [r for r in runs if r["energy"]["snn_over_ann"] is not None]
         if len(runs) > 1:
-            plot_metric_curves("SNN time steps T", [r["timesteps"] for r in runs], {
-                "PSNR SNN vs ANN (dB)": [r["paired"]["psnr_db"] for r in runs],
-                "eps relative L2": [r["paired"]["eps_rel_l2"] for r in runs],
-                "energy SNN/ANN": [r["energy"]["snn_over_ann"] for r in runs],
-            }, staging / "metrics_vs_T.png")
-            plot_pareto([r["label"] for r in runs], [r["energy"]["snn_over_ann"] for r in runs],
-                        [r["paired"]["psnr_db"] for r in runs], staging / "frontier.png")
+            curves = {"PSNR SNN vs ANN (dB)": [r["paired"]["psnr_db"] for r in runs],
+                      "eps relative L2": [r["paired"]["eps_rel_l2"] for r in runs]}
+            if len(counted) == len(runs):
+                curves["energy SNN/ANN"] = [r["energy"]["snn_over_ann"] for r in runs]
+            plot_metric_curves("SNN time steps T", [r["timesteps"] for r in runs], curves, staging / "metrics_vs_T.png")
+        if len(counted) > 1:
+            plot_pareto([r["label"] for r in counted], [r["energy"]["snn_over_ann"] for r in counted],
+                        [r["paired"]["psnr_db"] for r in counted], staging / "frontier.png")
         report = _report(sampling, source, runs)
         (staging / "report.json").write_text(json.dumps(report, indent=2))
         write_markdown(report, staging / "report.md")

@@ -85,6 +85,20 @@ def test_kept_batches_give_a_second_run_the_same_samples_without_sampling(conver
 
 
 
+def test_several_snns_in_closed_form_get_a_report_without_an_energy_plot(converted, tmp_path):
+    """The closed form counts no spikes: with two SNNs the report is written, and the plots that
+    need energy (the frontier, the energy curve) are left out rather than failing after sampling."""
+    out = tmp_path / "cf"
+    argv = ["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "snn2"), str(converted / "snn4"),
+            "--num-samples", "2", "--steps", "2", "--simulation", "closed-form", "--out", str(out)]
+    assert compare_main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [r["energy"]["snn_over_ann"] for r in report["runs"]] == [None, None]
+    assert all(np.isfinite(r["paired"]["psnr_db"]) for r in report["runs"])
+    names = {p.name for p in out.iterdir()}
+    assert "metrics_vs_T.png" in names and "frontier.png" not in names
+
+
 def test_eps_errors_on_the_first_batch_only_leave_the_samples_alone(converted, tmp_path):
     argv = ["ann-vs-snn", "--ann", str(converted / "ann"), "--snn", str(converted / "snn2"), "--num-samples", "3",
             "--steps", "2", "--batch-size", "2", "--simulation", "closed-form"]
