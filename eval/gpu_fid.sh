@@ -125,6 +125,7 @@ run() {
   local part=$1 out=$2
   mkdir -p "$out" "$WORK" && LOG="$out/gpu_fid.log" && : > "$LOG"
   local device=${DEVICE:-cuda} samples=${SAMPLES:-5000} budget=${BUDGET_S:-560} tf32="" data ann steps batch
+  local reference=$WORK/reference.npz reference_name reference_data
   [ "${TF32:-0}" = 1 ] && tf32=1
   read -r -a timesteps <<< "${TIMESTEPS:-4 8}"
   [ -f "$part/PIECES" ] || die "$part/PIECES missing: give the last part made by 'prepare'"
@@ -160,9 +161,11 @@ EOF
   export PYTHONPATH="$WORK/path:$WORK/site${PYTHONPATH:+:$PYTHONPATH}" SDM_INCEPTION="$WORK/payload/default_1.pt"
   export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
   if [ "$data" = faces ]; then
-    ann=$WORK/face-ann steps=${STEPS:-20} batch=${BATCH:-250}
+    ann=$WORK/face-ann steps=${STEPS:-20} batch=${BATCH:-250} reference_name="the CelebA stand-in at 64x64"
+    reference_data=(--data "$WORK/payload/faces.zip" --resolution 64)
   else
-    ann=${ANN:-ddpm-cifar10-ch64} steps=${STEPS:-100} batch=${BATCH:-1000}
+    ann=${ANN:-ddpm-cifar10-ch64} steps=${STEPS:-100} batch=${BATCH:-1000} reference_name="CIFAR-10 test split"
+    reference_data=(--data "$WORK/payload/cifar10-test.zip" --split test)
   fi
   "$PYTHON" -c 'import sys, torch, diffusers, spikingjelly, pytorch_fid
 from sdm.eval.metrics.fid import check_inception, inception_path
@@ -172,18 +175,13 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__}, diffusers {d
     | tee -a "$LOG"
   command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$LOG"
 
-  local reference=$WORK/reference.npz
-  rm -f "$reference"
   if [ "$data" = faces ]; then
     train_face_ann "$device" "$ann"
-    log "reference statistics: the CelebA stand-in at 64x64${REF_LIMIT:+ (first $REF_LIMIT)} on $device"
-    "$PYTHON" -m sdm.eval.reference_stats --data "$WORK/payload/faces.zip" --resolution 64 --device "$device" \
-      --batch-size 250 --quiet ${REF_LIMIT:+--limit "$REF_LIMIT"} --out "$reference" 2>&1 | tee -a "$LOG"
-  else
-    log "reference statistics: CIFAR-10 test split${REF_LIMIT:+ (first $REF_LIMIT)} on $device"
-    "$PYTHON" -m sdm.eval.reference_stats --data "$WORK/payload/cifar10-test.zip" --split test --device "$device" \
-      --batch-size 250 --quiet ${REF_LIMIT:+--limit "$REF_LIMIT"} --out "$reference" 2>&1 | tee -a "$LOG"
   fi
+  log "reference statistics: $reference_name${REF_LIMIT:+ (first $REF_LIMIT)} on $device"
+  rm -f "$reference"
+  "$PYTHON" -m sdm.eval.reference_stats "${reference_data[@]}" --device "$device" --batch-size 250 --quiet \
+    ${REF_LIMIT:+--limit "$REF_LIMIT"} --out "$reference" 2>&1 | tee -a "$LOG"
 
   local chosen=("${timesteps[@]}")
   if [ "$budget" -gt 0 ]; then

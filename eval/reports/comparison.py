@@ -3,9 +3,10 @@
 
 ann-vs-snn writes to its folder: report.json, report.md, samples_ann.npz, samples_snn.npz (one
 SNN) or samples_snn_<label>.npz (several), grid.png (ANN row above each SNN row, same noise),
-spike_rates.png, and metrics_vs_T.png and frontier.png (PSNR against energy / float ANN in the
-synaptic-events convention, the Pareto front drawn) when several SNNs are compared. ann-fid writes
-report.json, samples_ann.npz and grid.png.
+spike_rates.png, and metrics_vs_T.png when several SNNs are compared, and frontier.png (PSNR
+against energy / float ANN in the synaptic-events convention, the Pareto front drawn) over the
+step-simulated ones when there are several (the closed form counts no spikes, so it has no energy).
+ann-fid writes report.json, samples_ann.npz and grid.png.
 """
 
 from __future__ import annotations
@@ -89,7 +90,6 @@ def ann_vs_snn(ann: str, snn_folders: list[Path], sampling: SamplingSettings, ou
         save_grid_rows([ann_images[:16]] + [r["_images"][:16] for r in runs], staging / "grid.png",
                        labels=["ANN"] + [r["label"] for r in runs])
         plot_spike_rates({r["label"]: r["spike_rate"]["per_site"] for r in runs}, staging / "spike_rates.png")
-        # the closed form counts no spikes: its runs have no energy to plot
         counted = [r for r in runs if r["energy"]["snn_over_ann"] is not None]
         if len(runs) > 1:
             curves = {"PSNR SNN vs ANN (dB)": [r["paired"]["psnr_db"] for r in runs],
