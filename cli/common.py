@@ -104,6 +104,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, steps: int, batch
     parser.add_argument("--seed", type=int, default=0, help=seed_help)
     parser.add_argument("--checkpoint-every", type=int, default=checkpoint_every,
                         help=f"write OUT/{checkpoint} every N steps (0: only at the end)")
+    parser.add_argument("--time-limit", type=float, default=0.0, metavar="SECONDS",
+                        help="stop once this many seconds of training have run (summed over resumed runs; "
+                             "at most --steps steps; 0: no limit): a budget instead of a step count")
     parser.add_argument("--resume", action="store_true",
                         help=f"continue from OUT/{checkpoint} (same options, possibly more --steps)")
     parser.add_argument("--overwrite", action="store_true", help="start over in a non-empty output folder")

@@ -101,6 +101,7 @@ class TrainingSettings:
     resume: bool = False
     overwrite: bool = False
     device: str = "cpu"
+    time_limit: float = 0.0
 
     def recipe(self) -> dict[str, Any]:
         """The options a checkpoint records and a resumed run must match (paths as strings)."""
@@ -114,5 +115,6 @@ class TrainingSettings:
         in_unit_interval("--ema", self.ema, error)
         at_least("--grad-clip", self.grad_clip, 0, error)
         at_least("--checkpoint-every", self.checkpoint_every, 0, error)
+        at_least("--time-limit", self.time_limit, 0, error)
         require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other", error)
         probe_writable(self.out, error)

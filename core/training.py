@@ -157,12 +157,14 @@ class ResumableTrainer:
 
 
 def run_steps(trainer: ResumableTrainer, total_steps: int, checkpoint_every: int, checkpoint: Callable[[], None],
-              desc: str) -> list[float]:
+              desc: str, time_limit: float = 0.0) -> list[float]:
     """The resumable loop both trainers run: steps up to `total_steps`, timed (device-synchronised),
-    with `checkpoint()` every `checkpoint_every` steps (0: none; the caller writes the last one)."""
+    with `checkpoint()` every `checkpoint_every` steps (0: none; the caller writes the last one).
+    A `time_limit` (seconds, 0: none) ends the run early once the training time summed over all
+    runs of this checkpoint reaches it: a wall-clock budget whose step count the outputs record."""
     step_times: list[float] = []
     progress = tqdm(total=total_steps, initial=trainer.step, desc=desc, unit="step")
-    while trainer.step < total_steps:
+    while trainer.step < total_steps and not (time_limit and trainer.seconds >= time_limit):
         begin = time.perf_counter()
         row = trainer.train_step()
         if trainer.device.type == "cuda":

@@ -23,9 +23,9 @@
 # everything], TF32 [0; 1 passes --tf32: faster convolutions, rounding noise in the paired
 # comparison], ANN [ddpm-cifar10-ch64 / the trained face model], REF_LIMIT [all 10,000 reference
 # images], PYTHON [python3], STASH [/tmp/sdm-gpu-stash], WORK [/tmp/sdm-gpu-work].
-# Faces only: TRAIN_S [200: training seconds, paced by a TRAIN_PROBE-step probe run, 50, that is then
-# resumed], TRAIN_BATCH [128], FACE_CHANNELS [64], FACE_MULT [1,2,2,2], FACE_LAYERS [2] (sdm-train's
-# options; attention at 16x16; bf16 on CUDA).
+# Faces only: TRAIN_S [200: seconds of training, sdm-train's --time-limit], TRAIN_BATCH [128],
+# FACE_CHANNELS [64], FACE_MULT [1,2,2,2], FACE_LAYERS [2] (sdm-train's options; attention at 16x16;
+# bf16 on CUDA).
 # OUT receives at most 8 files: report.json, report.md, grid.png, spike_rates.png, gpu_fid.log (with
 # the probe's bench.md) and the sample arrays (samples_ann.npz and one per SNN; two SNNs at most);
 # for faces the face ANN's MODEL_CARD.md and training samples (face_ann_*) instead of the arrays
@@ -101,22 +101,16 @@ sys.exit(getattr(importlib.import_module(module), function)())
 EOF
 }
 
-train_face_ann() {  # DEVICE OUT: sdm-train for about TRAIN_S seconds, paced by a short probe run it resumes
-  local device=$1 out=$2 probe=${TRAIN_PROBE:-50} total
+train_face_ann() {  # DEVICE OUT: sdm-train for TRAIN_S seconds of training (its --time-limit)
+  local device=$1 out=$2
   local options=(--data "$WORK/payload/faces.zip" --resolution 64 --channels "${FACE_CHANNELS:-64}"
     --channel-mult "${FACE_MULT:-1,2,2,2}" --layers-per-block "${FACE_LAYERS:-2}" --attention-resolutions 16
-    --batch-size "${TRAIN_BATCH:-128}" --seed 0 --device "$device" --out "$out")
+    --batch-size "${TRAIN_BATCH:-128}" --seed 0 --device "$device" --out "$out"
+    --steps 1000000 --time-limit "${TRAIN_S:-200}")
   [ "$device" = cpu ] || options+=(--bf16)
   rm -rf "$out"
-  log "face ANN: a $probe-step probe run on $device"
-  console sdm-train "${options[@]}" --steps "$probe" 2>&1 | tee -a "$LOG"
-  total=$("$PYTHON" -c 'import json, sys
-pace = json.load(open(sys.argv[1]))["seconds_per_step"]
-print(max(int(sys.argv[2]), int(float(sys.argv[3]) / pace)))' "$out/training.json" "$probe" "${TRAIN_S:-200}")
-  if [ "$total" -gt "$probe" ]; then
-    log "face ANN: resumed to $total steps (${TRAIN_S:-200} s at the probe's pace)"
-    console sdm-train "${options[@]}" --steps "$total" --resume 2>&1 | tee -a "$LOG"
-  fi
+  log "face ANN: ${TRAIN_S:-200} s of training on $device"
+  console sdm-train "${options[@]}" 2>&1 | tee -a "$LOG"
 }
 
 log() { echo "[$(date -u +%H:%M:%S) +${SECONDS}s] $*" | tee -a "$LOG"; }

@@ -190,13 +190,14 @@ def train(settings: TrainSettings) -> dict[str, Any]:
         save_checkpoint(trainer.state(recipe, loss_before), checkpoint_path, TrainError)
         write_loss_log(trainer.losses, LOSS_COLUMNS, settings.out / "loss_log.csv")
 
-    run_steps(trainer, settings.steps, settings.checkpoint_every, checkpoint, "training")
+    run_steps(trainer, settings.steps, settings.checkpoint_every, checkpoint, "training", settings.time_limit)
     final_state = trainer.state(recipe, loss_before)
     model = trainer.exported()
     schedule = trainer.schedule.config
     summary = {
         "config": dict(model.config), "parameters": sum(p.numel() for p in model.parameters()),
         "data": {"path": str(settings.data), "images": int(images.shape[0])}, "recipe": recipe, "steps": trainer.step,
+        "time_limit": settings.time_limit or None,
         "schedule": (f"{schedule.num_train_timesteps} steps, {schedule.beta_schedule} betas "
                      f"{schedule.beta_start:g} .. {schedule.beta_end:g}, {schedule.prediction_type} prediction"),
         "init_activation": source.unet.config.act_fn if source is not None else None,

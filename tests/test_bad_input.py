@@ -309,6 +309,7 @@ ROWS: list[tuple[str, str, list[str], str, str | None]] = [
     ("train-batch-size-0", "sdm-train", [*TRAIN, "--batch-size", "0"], r"--batch-size must be >= 1", None),
     ("train-lr-negative", "sdm-train", [*TRAIN, "--lr", "-1"], r"--lr must be > 0", None),
     ("train-ema-1.5", "sdm-train", [*TRAIN, "--ema", "1.5"], r"--ema must be in \[0, 1\)", None),
+    ("train-time-limit-negative", "sdm-train", [*TRAIN, "--time-limit", "-1"], r"--time-limit must be >= 0", None),
     ("train-init-text-pt", "sdm-train", [*TRAIN, "--init", "{text_pt}"], re.escape("(a text file)"), None),
     ("train-nothing-to-resume", "sdm-train", [*TRAIN, "--resume"], "nothing to resume", None),
     ("train-text-checkpoint", "sdm-train", [*TRAIN, "--resume"], re.escape("not a PyTorch checkpoint (a text file)"),

@@ -327,7 +327,8 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
         save_checkpoint(trainer.state(identity, recipe, loss_before), checkpoint_path, FinetuneError)
         write_loss_log(trainer.losses, LOSS_COLUMNS, settings.out / "loss_log.csv")
 
-    step_times = run_steps(trainer, settings.steps, settings.checkpoint_every, checkpoint, "fine-tuning (qat)" if settings.method == "qat" else f"fine-tuning ({settings.train})")
+    desc = "fine-tuning (qat)" if settings.method == "qat" else f"fine-tuning ({settings.train})"
+    step_times = run_steps(trainer, settings.steps, settings.checkpoint_every, checkpoint, desc, settings.time_limit)
     final_state = trainer.state(identity, recipe, loss_before)
     if trainer.ema:
         trainer.use_ema()
@@ -346,6 +347,7 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
         "ann": source.describe(),
         "recipe": recipe,
         "steps": trainer.step,
+        "time_limit": settings.time_limit or None,
         "resumed_from_step": first_step if settings.resume else None,
         "trainable_parameters": sum(p.numel() for p in trainer.params),
         "device": device_name(device),

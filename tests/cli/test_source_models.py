@@ -53,6 +53,14 @@ def test_resume_equals_an_uninterrupted_run(images, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_time_limit_stops_early_and_the_summary_says_so(images, tmp_path):
+    out = tmp_path / "model"
+    assert train_main(["--data", str(images), "--out", str(out), "--steps", "50", "--time-limit", "1e-6", *TINY]) == 0
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["steps"] == 1 and summary["time_limit"] == 1e-6
+    assert "1 steps (stopped by --time-limit 1e-06 s)" in (out / "MODEL_CARD.md").read_text()
+
+
 def test_resume_refuses_another_architecture(images, tmp_path, capsys):
     out = tmp_path / "model"
     assert train_main(["--data", str(images), "--out", str(out), "--steps", "1", *TINY]) == 0

@@ -40,6 +40,18 @@ def test_checkpoints_come_every_n_steps_but_not_at_the_end():
     assert at == [2, 4] and trainer.step == 5
 
 
+def test_a_time_limit_ends_the_run_early_counting_earlier_runs():
+    trainer = Quadratic()
+    run_steps(trainer, 100, 0, lambda: None, "limited", time_limit=1e-9)
+    assert trainer.step == 1  # the first step already spends more than the limit
+    resumed = Quadratic()
+    resumed.load_common_state(trainer.common_state())
+    run_steps(resumed, 100, 0, lambda: None, "resumed", time_limit=1e-9)
+    assert resumed.step == 1  # the checkpoint's time counts: nothing left to spend
+    run_steps(resumed, 3, 0, lambda: None, "no limit")
+    assert resumed.step == 3
+
+
 def test_a_non_finite_loss_is_refused_by_name():
     trainer = Quadratic()
     with pytest.raises(SdmError, match="loss became nan at step 1"):
