@@ -34,9 +34,9 @@ def sample_grid(model: UNet2DModel, schedule: DDPMScheduler, count: int, steps: 
     save_grid_rows([images[i:i + per_row] for i in range(0, len(images), per_row)], path)
 
 
-def stopped_by_time_limit(settings: TrainSettings, summary: dict[str, Any]) -> str:
+def stopped_by_time_limit(settings: TrainSettings, steps_done: int) -> str:
     """' (stopped by --time-limit N s)' when the budget, not --steps, ended the run; else ''."""
-    if settings.time_limit and summary["steps"] < settings.steps:
+    if settings.time_limit and steps_done < settings.steps:
         return f" (stopped by --time-limit {settings.time_limit:g} s)"
     return ""
 
@@ -55,7 +55,8 @@ def model_card(settings: TrainSettings, summary: dict[str, Any]) -> str:
         f"- Data: {summary['data']['path']} ({summary['data']['images']} images"
         f"{', split ' + settings.split if settings.split else ''}, resize policy {settings.resize}"
         f"{', random horizontal flip' if settings.flip else ''}).",
-        f"- Training: {summary['steps']} steps{stopped_by_time_limit(settings, summary)}, batch {settings.batch_size}, AdamW lr {settings.lr} ({settings.warmup}-step warm-up), "
+        f"- Training: {summary['steps']} steps{stopped_by_time_limit(settings, summary['steps'])}, "
+        f"batch {settings.batch_size}, AdamW lr {settings.lr} ({settings.warmup}-step warm-up), "
         f"grad clip {settings.grad_clip}, EMA {settings.ema} (the saved weights are the EMA's), "
         f"{'bf16 autocast' if settings.bf16 else 'fp32'}, seed {settings.seed}.",
         f"- Cost: {summary['seconds']['training']:.0f} s of training on {summary['device']}.",
